@@ -1,0 +1,36 @@
+"""Error types users can cause. The CLI prints these as one line and exits non-zero."""
+
+from __future__ import annotations
+
+
+class TubeletError(Exception):
+    """Base class for errors caused by user input (files, flags, prompts, configs)."""
+
+
+class ConfigError(TubeletError, ValueError):
+    """A config file or dict does not match its dataclass (unknown key, wrong type)."""
+
+
+class VideoError(TubeletError):
+    """A video or image file cannot be read or written. Names the file and the cause."""
+
+    def __init__(self, path: object, cause: str) -> None:
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(f"{self.path}: {cause}")
+
+
+class CaptionError(TubeletError, ValueError):
+    """A prompt/caption cannot be parsed by the shapes-world grammar."""
+
+
+class ModelLoadError(TubeletError):
+    """A model directory is missing, incomplete, or does not match its config."""
+
+
+class ConversionError(TubeletError):
+    """A checkpoint cannot be converted (wrong layout, missing or mis-shaped tensor)."""
+
+
+class DataError(TubeletError):
+    """A dataset directory or sample is unusable."""
