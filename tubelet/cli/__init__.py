@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import sys
 
-from tubelet.cli import convert, data_shapes, demo, eval_oracle  # noqa: F401  (registers commands)
+from tubelet.cli import (  # noqa: F401  (importing registers the commands)
+    convert,
+    data_check,
+    data_shapes,
+    demo,
+    eval_oracle,
+    eval_videos,
+    train,
+)
 from tubelet.cli.apps import app
 from tubelet.errors import TubeletError
 

@@ -51,7 +51,7 @@ def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> di
     try:
         out = {}
         with safe_open(str(p), framework="pt", device=str(device)) as f:
-            for k in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+            for k in f.keys():
                 out[k] = f.get_tensor(k)
         return out
     except Exception as e:

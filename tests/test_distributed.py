@@ -1,0 +1,97 @@
+"""torchrun on the CPU with 2 gloo processes: FSDP2/DDP match one process, and resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tubelet.models.hub import load_safetensors
+from tubelet.train import checkpoint as ckpt
+
+ROOT = Path(__file__).resolve().parents[1]
+# Same global batch: 1 process x 4 clips == 2 processes x 2 clips. The randomness of a step is drawn
+# for the global batch on every rank (see DiTTask.loss), so the runs differ only by the order of
+# floating-point reductions: losses agree to 1e-4 relative, weights to 1e-4 absolute.
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tubelet.data.shapes import write_dataset
+
+    out = tmp_path_factory.mktemp("dist") / "data"
+    write_dataset(out, 8, seed=3, frames=5, size=16, progress=False)
+    # One caption per clip, so that which caption a clip gets does not depend on the process count.
+    lines = [json.loads(x) for x in (out / "captions.jsonl").read_text().splitlines()]
+    (out / "captions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines if x["lang"] == "en"))
+    return out
+
+
+def _run(data: Path, out: Path, nproc: int, batch: int, *extra: str) -> None:
+    args = [
+        "-m",
+        "tubelet",
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    args += ["--set", f"data.buckets=[[5, 16, 16, {batch}]]", "--set", "optim.warmup_steps=1", *extra]
+    if nproc > 1:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            *args,
+        ]
+    else:
+        cmd = [sys.executable, *args]
+    env_cmd = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert env_cmd.returncode == 0, env_cmd.stderr[-3000:]
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _final(run: Path) -> dict[str, torch.Tensor]:
+    return load_safetensors(ckpt.latest_checkpoint(run) / "model.safetensors")
+
+
+@pytest.mark.parametrize("mode", ["fsdp", "ddp"])
+def test_two_processes_match_one(data: Path, tmp_path: Path, mode: str) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run(data, one, 1, 4, "--max-steps", "4", "--save-every", "0")
+    _run(data, two, 2, 2, "--max-steps", "4", "--save-every", "0", "--parallel", mode)
+    a, b = _losses(one), _losses(two)
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b):
+        assert abs(x - y) <= TOL * max(1.0, abs(x)), (a, b)
+    wa, wb = _final(one), _final(two)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=TOL, rtol=0), k
+    # The exported model is the same too (gathered from the shards).
+    assert (two / "model" / "transformer" / "model.safetensors").is_file()
+
+
+def test_two_process_fsdp_run_resumes(data: Path, tmp_path: Path) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _run(data, straight, 2, 2, "--max-steps", "4", "--save-every", "2", "--parallel", "fsdp")
+    _run(data, resumed, 2, 2, "--max-steps", "2", "--save-every", "2", "--parallel", "fsdp")
+    _run(data, resumed, 2, 2, "--max-steps", "4", "--save-every", "2", "--parallel", "fsdp", "--resume")
+    assert _losses(straight) == pytest.approx(_losses(resumed), rel=1e-6)
+    wa, wb = _final(straight), _final(resumed)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6, rtol=0), k

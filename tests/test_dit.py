@@ -1,0 +1,435 @@
+"""VideoDiT: numerical equality with diffusers' WanTransformer3DModel, conversion, and behaviour."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tubelet.convert.wan_transformer import convert_transformer_state_dict, dit_config_from_diffusers
+from tubelet.errors import ConfigError, ConversionError
+from tubelet.models.dit import DIT_PRESETS, DiTConfig, VideoDiT, dit_config
+from tubelet.models.hub import load_safetensors
+from tubelet.models.layers import (
+    apply_rope,
+    attention,
+    get_attention_backend,
+    linear,
+    rope_angles_3d,
+    rope_cos_sin,
+    set_attention_backend,
+    timestep_embedding,
+)
+
+diffusers = pytest.importorskip("diffusers")
+
+TOL = 1e-5  # relative error: max|a - b| / max|b|
+IN_CH, TEXT_DIM = 8, 32
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+def randomise_(model: torch.nn.Module, seed: int) -> None:
+    """Random values everywhere, including norm weights/biases and modulation tables."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.2 * noise)
+            elif p.ndim == 1 or "scale_shift_table" in name:
+                p.copy_(0.2 * noise)
+            else:
+                p.copy_(noise / math.sqrt(p.shape[1] if p.ndim >= 2 else 1) * 1.2)
+
+
+def make_reference(patch_size=(1, 2, 2), out_channels=IN_CH, seed=0):
+    ref = diffusers.WanTransformer3DModel(
+        patch_size=patch_size,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=IN_CH,
+        out_channels=out_channels,
+        text_dim=TEXT_DIM,
+        freq_dim=32,
+        ffn_dim=64,
+        num_layers=2,
+    ).eval()
+    randomise_(ref, seed)
+    return ref
+
+
+def convert(ref) -> VideoDiT:
+    cfg = dit_config_from_diffusers(dict(ref.config))
+    model = VideoDiT(cfg).eval()
+    model.load_state_dict(convert_transformer_state_dict(ref.state_dict(), cfg), strict=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def pair():
+    ref = make_reference()
+    return ref, convert(ref)
+
+
+def inputs(b, f, h, w, seed=0, length=7, channels=IN_CH):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, channels, f, h, w, generator=g)
+    t = torch.rand(b, generator=g) * 1000
+    ctx = torch.randn(b, length, TEXT_DIM, generator=g)
+    return x, t, ctx
+
+
+# --------------------------------------------------------------------------------------------
+# Numerical equality with diffusers
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 3, 12, 20), (2, 5, 8, 8), (1, 1, 12, 20), (2, 1, 6, 4)],
+    ids=["B2-F3-6x10", "B2-F5-4x4", "B1-F1-6x10", "B2-F1-3x2"],
+)
+def test_matches_diffusers(pair, shape):
+    ref, model = pair
+    x, t, ctx = inputs(*shape)
+    with torch.no_grad():
+        expected = ref(x, t, ctx).sample
+        got = model(x, t, ctx)
+    assert got.shape == x.shape
+    assert rel_err(got, expected) <= TOL
+
+
+def test_matches_diffusers_with_autograd_paths(pair):
+    """The training code path (autograd on: F.linear, SDPA) agrees as well."""
+    ref, model = pair
+    x, t, ctx = inputs(2, 3, 12, 20, seed=3)
+    with torch.no_grad():
+        expected = ref(x, t, ctx).sample
+    got = model(x.requires_grad_(), t, ctx)
+    assert rel_err(got.detach(), expected) <= TOL
+
+
+@pytest.mark.parametrize("patch_size,out_channels", [((2, 2, 2), IN_CH), ((1, 2, 2), 4)])
+def test_matches_diffusers_other_patch_and_channels(patch_size, out_channels):
+    ref = make_reference(patch_size=patch_size, out_channels=out_channels, seed=5)
+    model = convert(ref)
+    x, t, ctx = inputs(2, 4, 8, 12, seed=1)
+    with torch.no_grad():
+        expected = ref(x, t, ctx).sample
+        got = model(x, t, ctx)
+    assert got.shape == (2, out_channels, 4, 8, 12)
+    assert rel_err(got, expected) <= TOL
+
+
+def test_per_frame_timesteps_match_diffusers_per_token(pair):
+    """t of shape (B, F') equals diffusers given the same t repeated for every token of a frame."""
+    ref, model = pair
+    x, _, ctx = inputs(2, 3, 12, 20, seed=2)
+    t = torch.tensor([[0.0, 250.0, 999.0], [500.0, 10.0, 730.5]])
+    with torch.no_grad():
+        expected = ref(x, t.repeat_interleave(6 * 10, dim=1), ctx).sample
+        got = model(x, t, ctx)
+    assert rel_err(got, expected) <= TOL
+
+
+def test_loads_diffusers_checkpoint_from_disk(tmp_path):
+    ref = make_reference(seed=7)
+    ref.save_pretrained(tmp_path / "wan", safe_serialization=True)
+    raw_cfg = json.loads((tmp_path / "wan" / "config.json").read_text())
+    state = load_safetensors(tmp_path / "wan" / "diffusion_pytorch_model.safetensors")
+    cfg = dit_config_from_diffusers(raw_cfg)
+    model = VideoDiT(cfg).eval()
+    model.load_state_dict(convert_transformer_state_dict(state, cfg))
+    x, t, ctx = inputs(1, 3, 6, 10, seed=4)
+    with torch.no_grad():
+        assert rel_err(model(x, t, ctx), ref(x, t, ctx).sample) <= TOL
+
+
+def test_bfloat16_close_to_float32(pair):
+    """bf16 (incl. the CPU low-precision attention route, N >= 256 tokens) stays near fp32."""
+    ref, model = pair
+    x, t, ctx = inputs(1, 1, 32, 32, seed=6)  # 256 tokens
+    with torch.inference_mode():
+        expected = ref(x, t, ctx).sample
+        got = VideoDiT(model.config).eval()
+        got.load_state_dict(model.state_dict())
+        out = got.to(torch.bfloat16)(x.bfloat16(), t, ctx.bfloat16())
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out.float(), expected) < 5e-2
+
+
+# --------------------------------------------------------------------------------------------
+# Behaviour
+# --------------------------------------------------------------------------------------------
+
+
+def tiny_model(seed=0, **overrides) -> VideoDiT:
+    cfg = dit_config({**_tiny_dict(), **overrides})
+    torch.manual_seed(seed)
+    return VideoDiT(cfg).eval()
+
+
+def _tiny_dict():
+    return {"dim": 32, "num_heads": 2, "num_layers": 2, "ffn_dim": 48, "text_dim": TEXT_DIM, "in_channels": IN_CH,
+            "out_channels": IN_CH, "freq_dim": 16}  # fmt: skip
+
+
+def test_shapes_and_determinism():
+    model = tiny_model()
+    for b, f, h, w in [(1, 1, 2, 2), (2, 3, 6, 10), (3, 2, 4, 8)]:
+        x, t, ctx = inputs(b, f, h, w, length=5)
+        with torch.no_grad():
+            a, b2 = model(x, t, ctx), model(x, t, ctx)
+        assert a.shape == x.shape and a.dtype == x.dtype
+        assert torch.isfinite(a).all()
+        assert torch.equal(a, b2)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny_model(seed=1)
+    x, t, ctx = inputs(2, 3, 4, 6)
+    with torch.no_grad():
+        before = model(x, t, ctx)
+    model.save_pretrained(tmp_path / "dit")
+    loaded = VideoDiT.from_pretrained(tmp_path / "dit")
+    assert loaded.config == model.config
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, ctx), before)
+
+
+def test_gradients_reach_every_parameter():
+    model = tiny_model(seed=2).train()
+    x, t, ctx = inputs(2, 2, 4, 4)
+    model(x, t, ctx).square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_gradient_checkpointing_same_gradients():
+    model = tiny_model(seed=3).train()
+    x, t, ctx = inputs(2, 3, 4, 4)
+
+    def grads(ckpt: bool):
+        model.zero_grad()
+        model.gradient_checkpointing = ckpt
+        xr = x.clone().requires_grad_()
+        model(xr, t, ctx).square().mean().backward()
+        return [xr.grad] + [p.grad.clone() for p in model.parameters()]
+
+    plain, ckpt = grads(False), grads(True)
+    for a, b in zip(plain, ckpt):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_per_frame_t_equal_values_equals_scalar_t():
+    model = tiny_model(seed=4)
+    x, _, ctx = inputs(2, 5, 4, 6)
+    t = torch.tensor([120.0, 860.0])
+    with torch.no_grad():
+        scalar = model(x, t, ctx)
+        per_frame = model(x, t[:, None].expand(2, 5), ctx)
+        scalar_0d = model(x[:1], torch.tensor(120.0), ctx[:1])
+    torch.testing.assert_close(per_frame, scalar, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(scalar_0d, scalar[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_per_frame_t_conditions_each_frame():
+    """Changing one frame's timestep changes the prediction (the frames interact through attention)."""
+    model = tiny_model(seed=4)
+    x, _, ctx = inputs(1, 3, 4, 4)
+    with torch.no_grad():
+        a = model(x, torch.tensor([[500.0, 500.0, 500.0]]), ctx)
+        b = model(x, torch.tensor([[0.0, 500.0, 500.0]]), ctx)
+    assert not torch.allclose(a, b)
+
+
+def test_context_mask_hides_tokens():
+    model = tiny_model(seed=5)
+    x, t, ctx = inputs(2, 2, 4, 6, length=9)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[0, 4:] = False
+    mask[1, 7:] = False
+    with torch.no_grad():
+        masked = model(x, t, ctx, mask)
+        scrambled = ctx.clone()
+        scrambled[~mask] = torch.randn(int((~mask).sum()), TEXT_DIM) * 10
+        assert torch.allclose(model(x, t, scrambled, mask), masked, rtol=1e-5, atol=1e-6)
+        # Same as giving each sample only its real tokens.
+        for i, n in enumerate((4, 7)):
+            alone = model(x[i : i + 1], t[i : i + 1], ctx[i : i + 1, :n])
+            torch.testing.assert_close(masked[i : i + 1], alone, rtol=1e-5, atol=1e-6)
+        # An all-True mask is the same as no mask; the masked tokens did matter without a mask.
+        full = torch.ones(2, 9, dtype=torch.bool)
+        torch.testing.assert_close(model(x, t, ctx, full), model(x, t, ctx), rtol=1e-6, atol=1e-7)
+        assert not torch.allclose(model(x, t, scrambled), masked)
+
+
+@pytest.mark.parametrize(
+    "x_shape,t_shape,ctx_shape,mask,match",
+    [
+        ((2, IN_CH, 4, 4), (2,), (2, 5, TEXT_DIM), None, "B, C, F, H, W"),
+        ((2, 3, 2, 4, 4), (2,), (2, 5, TEXT_DIM), None, "in_channels"),
+        ((2, IN_CH, 2, 5, 4), (2,), (2, 5, TEXT_DIM), None, "divisible by the patch size"),
+        ((2, IN_CH, 2, 4, 7), (2,), (2, 5, TEXT_DIM), None, "divisible by the patch size"),
+        ((2, IN_CH, 2, 4, 4), (3,), (2, 5, TEXT_DIM), None, "t must have shape"),
+        ((2, IN_CH, 2, 4, 4), (2, 3), (2, 5, TEXT_DIM), None, "t must have shape"),
+        ((2, IN_CH, 2, 4, 4), (2,), (2, 5, TEXT_DIM + 1), None, "text_dim"),
+        ((2, IN_CH, 2, 4, 4), (2,), (1, 5, TEXT_DIM), None, "context must be"),
+        ((2, IN_CH, 2, 4, 4), (2,), (2, 5, TEXT_DIM), "float", "bool tensor"),
+        ((2, IN_CH, 2, 4, 4), (2,), (2, 5, TEXT_DIM), "short", "bool tensor"),
+        ((2, IN_CH, 2, 4, 4), (2,), (2, 5, TEXT_DIM), "empty", "no True entry"),
+    ],
+)
+def test_bad_inputs_raise_value_error(x_shape, t_shape, ctx_shape, mask, match):
+    model = tiny_model()
+    m = None
+    if mask == "float":
+        m = torch.ones(ctx_shape[:2])
+    elif mask == "short":
+        m = torch.ones(ctx_shape[0], ctx_shape[1] - 1, dtype=torch.bool)
+    elif mask == "empty":
+        m = torch.ones(ctx_shape[:2], dtype=torch.bool)
+        m[1] = False
+    with pytest.raises(ValueError, match=match):
+        model(torch.randn(x_shape), torch.rand(t_shape) * 1000, torch.randn(ctx_shape), m)
+
+
+def test_presets_build_with_expected_sizes():
+    for name in ("tiny", "small"):
+        model = VideoDiT(dit_config(name))
+        x = torch.randn(1, model.config.in_channels, 2, 4, 4)
+        ctx = torch.randn(1, 3, model.config.text_dim)
+        with torch.no_grad():
+            assert model(x, torch.tensor([10.0]), ctx).shape == x.shape
+    counts = {}
+    for name in ("wan2.1-1.3b", "wan2.1-14b"):
+        with torch.device("meta"):
+            counts[name] = VideoDiT(dit_config(name)).num_parameters()
+    assert 1.2e9 < counts["wan2.1-1.3b"] < 1.5e9
+    assert 1.3e10 < counts["wan2.1-14b"] < 1.5e10
+    assert dit_config("wan2.1-14b") == DIT_PRESETS["wan2.1-14b"]
+    assert dit_config("wan2.1-14b") is not DIT_PRESETS["wan2.1-14b"]
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="unknown DiT preset"):
+        dit_config("huge")
+    with pytest.raises(ConfigError, match="unknown key"):
+        dit_config({**_tiny_dict(), "depth": 3})
+    with pytest.raises(ConfigError, match="divisible by num_heads"):
+        DiTConfig(dim=30, num_heads=4, num_layers=1, ffn_dim=8, text_dim=8)
+    with pytest.raises(ConfigError, match="head dim"):
+        DiTConfig(dim=12, num_heads=4, num_layers=1, ffn_dim=8, text_dim=8)
+    with pytest.raises(ConfigError, match="patch_size"):
+        DiTConfig(dim=32, num_heads=2, num_layers=1, ffn_dim=8, text_dim=8, patch_size=(1, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion errors
+# --------------------------------------------------------------------------------------------
+
+
+def test_conversion_rejects_missing_and_misshaped_tensors(pair):
+    ref, model = pair
+    sd = dict(ref.state_dict())
+    cfg = model.config
+    broken = {k: v for k, v in sd.items() if k != "blocks.1.attn2.to_k.weight"}
+    with pytest.raises(ConversionError, match=r"blocks\.1\.attn2\.to_k\.weight"):
+        convert_transformer_state_dict(broken, cfg)
+    broken = {**sd, "blocks.0.ffn.net.2.bias": torch.zeros(3)}
+    with pytest.raises(ConversionError, match=r"blocks\.0\.ffn\.net\.2\.bias.*shape"):
+        convert_transformer_state_dict(broken, cfg)
+    broken = {**sd, "blocks.0.attn2.add_k_proj.weight": torch.zeros(32, 32)}
+    with pytest.raises(ConversionError, match="add_k_proj"):
+        convert_transformer_state_dict(broken, cfg)
+
+
+def test_conversion_config_checks(pair):
+    ref, model = pair
+    raw = dict(ref.config)
+    assert dit_config_from_diffusers(raw) == model.config
+    with pytest.raises(ConversionError, match="not supported yet"):
+        dit_config_from_diffusers({**raw, "image_dim": 1280, "added_kv_proj_dim": 5120})
+    with pytest.raises(ConversionError, match="not supported"):
+        dit_config_from_diffusers({**raw, "qk_norm": "rms_norm"})
+    with pytest.raises(ConversionError, match="WanVACETransformer3DModel"):
+        dit_config_from_diffusers({**raw, "_class_name": "WanVACETransformer3DModel"})
+    with pytest.raises(ConversionError, match="vace_layers"):
+        dit_config_from_diffusers({**raw, "vace_layers": [0, 5]})
+    with pytest.raises(ConversionError, match="head dim"):
+        dit_config_from_diffusers({**raw, "attention_head_dim": 5})
+    full = dit_config_from_diffusers({"_class_name": "WanTransformer3DModel"})  # diffusers defaults: Wan 14B
+    assert full == DIT_PRESETS["wan2.1-14b"]
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------
+
+
+def test_timestep_embedding_matches_diffusers():
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    t = torch.tensor([0.0, 1.5, 999.0, 500.25])
+    expected = get_timestep_embedding(t, 64, flip_sin_to_cos=True, downscale_freq_shift=0)
+    torch.testing.assert_close(timestep_embedding(t, 64), expected, rtol=0, atol=0)
+
+
+def test_rope_matches_diffusers_tables():
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+    head_dim, grid = 32, (3, 4, 5)
+    ref = WanRotaryPosEmbed(head_dim, (1, 2, 2), max_seq_len=64)
+    cos_ref, sin_ref = ref(torch.zeros(1, 1, grid[0], 2 * grid[1], 2 * grid[2]))  # (1, N, 1, hd)
+    cos, sin = rope_cos_sin(rope_angles_3d(grid, head_dim), "cpu")  # (N, 1, hd/2)
+    assert torch.equal(cos[:, 0], cos_ref[0, :, 0, 0::2]) and torch.equal(sin[:, 0], sin_ref[0, :, 0, 1::2])
+    # Rotation preserves the norm of every channel pair and is the identity at position 0.
+    x = torch.randn(2, cos.shape[0], 3, head_dim)
+    y = apply_rope(x, cos, sin)
+    pair_norm = lambda z: z.unflatten(-1, (-1, 2)).norm(dim=-1)  # noqa: E731
+    torch.testing.assert_close(pair_norm(y), pair_norm(x))
+    assert torch.equal(y[:, 0], x[:, 0])
+
+
+def test_attention_backends_agree():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 300, 16, generator=g) for _ in range(3))
+    mask = torch.ones(2, 300, dtype=torch.bool)
+    mask[1, 250:] = False
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+    torch.testing.assert_close(attention(q, k, v, mask), ref)
+    previous = set_attention_backend("cpu_lowp")
+    try:
+        assert get_attention_backend() == "cpu_lowp"
+        low = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+        assert low.dtype == torch.bfloat16
+        assert rel_err(low.float(), ref) < 3e-2
+        assert rel_err(attention(q, k, v, mask), ref) < 1e-5
+    finally:
+        set_attention_backend(previous)
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        set_attention_backend("nope")
+    with pytest.raises(ValueError, match="bool tensor of shape"):
+        attention(q, k, v, mask[:, :10])
+
+
+def test_linear_fast_path_matches_reference():
+    layer = torch.nn.Linear(48, 80)
+    x = torch.randn(3, 7, 48)
+    ref = F.gelu(F.linear(x, layer.weight, layer.bias), approximate="tanh")
+    with torch.inference_mode():
+        fast = linear(x, layer, gelu_tanh=True)
+        plain = linear(x, layer)
+    assert rel_err(fast, ref) < 1e-5
+    assert rel_err(plain, F.linear(x, layer.weight, layer.bias)) < 1e-5
+    out = linear(x.requires_grad_(), layer, gelu_tanh=True)  # autograd path
+    out.sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None

@@ -1,0 +1,198 @@
+"""The training loop: tiny runs, checkpoints, exact resume (with kill -9), NaN handling, VAE runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tubelet.errors import ConfigError, TubeletError
+from tubelet.models.hub import load_safetensors
+from tubelet.train import checkpoint as ckpt
+from tubelet.train.config import TrainConfig, resolve_train_config
+from tubelet.train.trainer import TrainingError, lr_at, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tubelet.data.shapes import write_dataset
+
+    out = tmp_path_factory.mktemp("shapes") / "data"
+    write_dataset(out, 8, seed=0, frames=5, size=16, fps=8.0, progress=False)
+    return out
+
+
+def tiny(**overrides: object) -> TrainConfig:
+    return resolve_train_config("tiny", overrides=dict(overrides))
+
+
+def test_tiny_run_writes_the_run_folder(shapes_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = tiny(max_steps=6, save_every=3, keep_last=1)
+    res = train(cfg, shapes_data, run, progress=False)
+    assert res.step == 6 and res.bad_steps == 0
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6]
+    for r in lines:
+        assert {"step", "loss", "lr", "samples_per_s"} <= set(r)
+        assert math.isfinite(r["loss"]) and r["samples_per_s"] > 0
+    # keep_last=1: only the final checkpoint is left, and no temporary dir.
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-0000006"]
+    assert not list((run / "checkpoints").glob("*.tmp"))
+    # The exported model is a pipeline directory that generates.
+    from tubelet.pipeline import TextToVideoPipeline
+
+    pipe = TextToVideoPipeline.from_pretrained(run / "model")
+    out = pipe("a red circle moving right", seed=1, num_inference_steps=2, progress=False)
+    assert out.frames.shape == (5, 16, 16, 3) and out.frames.dtype.name == "uint8"
+    again = pipe("a red circle moving right", seed=1, num_inference_steps=2, progress=False)
+    assert (out.frames == again.frames).all()
+    assert list((run / "samples").glob("*.mp4"))
+
+
+def test_existing_run_needs_resume(shapes_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny(max_steps=2, save_every=0), shapes_data, run, progress=False)
+    with pytest.raises(TubeletError, match="--resume"):
+        train(tiny(max_steps=4), shapes_data, run, progress=False)
+
+
+def test_lr_schedule() -> None:
+    cfg = tiny(
+        max_steps=100, optim={"lr": 1.0, "warmup_steps": 10, "schedule": "cosine", "min_lr_ratio": 0.1}
+    )
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(100, cfg) == pytest.approx(0.1)
+    assert lr_at(55, cfg) == pytest.approx(0.55)
+
+
+def test_yaml_unknown_key_is_an_error(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("task: dit\noptim:\n  lr: 1e-3\n  lrr: 2\n")
+    with pytest.raises(ConfigError, match="lrr"):
+        resolve_train_config(config_file=f)
+    f.write_text("max_steps: 7\ndata:\n  buckets: [[5, 16, 16, 2]]\n  num_workers: 0\n")
+    cfg = resolve_train_config("tiny", f)
+    assert cfg.max_steps == 7 and cfg.data.buckets[0].batch_size == 2
+    with pytest.raises(ConfigError, match="unknown training preset"):
+        resolve_train_config("nope")
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    last = ckpt.latest_checkpoint(run)
+    assert last is not None
+    return load_safetensors(last / "model.safetensors")
+
+
+def test_resume_after_kill_9_is_exact(shapes_data: Path, tmp_path: Path) -> None:
+    """An uninterrupted run == the same run killed with SIGKILL after a checkpoint, then resumed."""
+    n, total = 3, 12
+    straight = tmp_path / "straight"
+    train(tiny(max_steps=total, save_every=n), shapes_data, straight, progress=False)
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "tubelet", "train", "--preset", "tiny", "--data", str(shapes_data)]
+    cmd += ["--out", str(killed), "--max-steps", str(total), "--save-every", str(n), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and ckpt.latest_checkpoint(killed) is None:
+        if proc.poll() is not None:
+            pytest.fail(f"training exited early: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    done = [int(p.name[5:]) for p in ckpt.list_checkpoints(killed)]
+    assert done and max(done) < total, f"the run finished before the kill ({done})"
+
+    res = train(tiny(max_steps=total, save_every=n), shapes_data, killed, resume=True, progress=False)
+    assert res.step == total
+    a, b = _weights(straight), _weights(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ema_a = load_safetensors(ckpt.latest_checkpoint(straight) / "ema.safetensors")
+    ema_b = load_safetensors(ckpt.latest_checkpoint(killed) / "ema.safetensors")
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+
+
+def test_half_written_checkpoint_is_ignored(shapes_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny(max_steps=2, save_every=0), shapes_data, run, progress=False)
+    # A killed save leaves a .tmp dir (and maybe a dir without trainer.json): neither is loaded.
+    (run / "checkpoints" / "step-0000009.tmp").mkdir()
+    (run / "checkpoints" / "step-0000008").mkdir()
+    assert ckpt.latest_checkpoint(run).name == "step-0000002"
+    res = train(tiny(max_steps=3, save_every=0), shapes_data, run, resume=True, progress=False)
+    assert res.step == 3
+
+
+def test_nan_losses_stop_the_run_with_last_checkpoint_intact(
+    shapes_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tubelet.train import tasks
+
+    original = tasks.DiTTask.loss
+    calls = {"n": 0}
+
+    def flaky(self, wrapped, batch, generator):  # type: ignore[no-untyped-def]
+        loss, stats = original(self, wrapped, batch, generator)
+        calls["n"] += 1
+        if calls["n"] == 2 or calls["n"] > 4:  # one isolated NaN, later NaN forever
+            loss = loss * float("nan")
+        return loss, stats
+
+    monkeypatch.setattr(tasks.DiTTask, "loss", flaky)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match="NaN/inf for 3 steps") as info:
+        train(tiny(max_steps=50, save_every=2, max_bad_steps=3), shapes_data, run, progress=False)
+    assert "step-0000002" in str(info.value)
+    last = ckpt.latest_checkpoint(run)
+    assert last is not None and last.name == "step-0000002"
+    for v in load_safetensors(last / "model.safetensors").values():
+        assert torch.isfinite(v).all()
+    state = json.loads((last / "trainer.json").read_text())
+    assert state["bad_steps"] == 1
+
+
+def test_vae_run_exports_a_vae_with_latent_stats(shapes_data: Path, tmp_path: Path) -> None:
+    from tubelet.models.vae import CausalVideoVAE
+
+    run = tmp_path / "vae"
+    res = train(
+        resolve_train_config("tiny-vae", overrides={"max_steps": 3}), shapes_data, run, progress=False
+    )
+    vae = CausalVideoVAE.from_pretrained(res.model_dir)
+    assert vae.config.latents_mean is not None and len(vae.config.latents_std) == vae.config.z_dim
+    rec = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("rec" in r and "kl" in r for r in rec)
+
+
+def test_latent_cache_feeds_training(shapes_data: Path, tmp_path: Path) -> None:
+    from tubelet.data.cache import LatentCacheDataset, build_cache
+
+    vae_run = tmp_path / "vae"
+    train(resolve_train_config("tiny-vae", overrides={"max_steps": 2}), shapes_data, vae_run, progress=False)
+    cfg = tiny(max_steps=2, vae_path=str(vae_run / "model"))
+    cache = build_cache(shapes_data, vae_run / "model", tmp_path / "cache", data=cfg.data, progress=False)
+    ds = LatentCacheDataset(cache, cfg.data)
+    assert len(ds) == 8 and ds[0]["latents"].shape == (16, 2, 2, 2)
+    res = train(
+        tiny(max_steps=2, vae_path=str(vae_run / "model"), cache=str(cache)),
+        None,
+        tmp_path / "r",
+        progress=False,
+    )
+    assert res.step == 2
+    assert (tmp_path / "r" / "model" / "vae" / "config.json").is_file()

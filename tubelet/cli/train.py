@@ -1,0 +1,119 @@
+"""`tubelet train` and `tubelet data cache`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tubelet.cli.apps import app, data_app
+
+
+def _parse_set(values: list[str]) -> dict[str, object]:
+    import yaml
+
+    from tubelet.errors import ConfigError
+
+    out: dict[str, object] = {}
+    for item in values:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. optim.lr=1e-4), got {item!r}")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+@app.command("train")
+def train_cmd(
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Run directory (checkpoints, metrics, samples, model)."
+    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML training config."),
+    preset: str | None = typer.Option(
+        None, "--preset", "-p", help="Named training preset (see --list-presets)."
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="Dataset directory (videos + captions.jsonl)."
+    ),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    save_every: int | None = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
+    parallel: str | None = typer.Option(None, "--parallel", help="none | ddp | fsdp (under torchrun)."),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | mps | ..."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override any config key: --set optim.lr=1e-4 (repeatable)."
+    ),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs only)."),
+) -> None:
+    """Train a model (DiT or VAE) on a dataset folder or a latent cache."""
+    import logging
+
+    from tubelet.train.config import resolve_train_config
+    from tubelet.train.trainer import default_num_threads, train
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    overrides = _parse_set(set_)
+    for key, value in (
+        ("max_steps", max_steps),
+        ("save_every", save_every),
+        ("seed", seed),
+        ("parallel", parallel),
+        ("device", device),
+    ):
+        if value is not None:
+            overrides[key] = value
+    cfg = resolve_train_config(preset, config, overrides)
+    default_num_threads()
+    result = train(cfg, data, out, resume=resume, progress=not no_progress)
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        typer.echo(f"finished at step {result.step}; {result.bad_steps} skipped non-finite steps")
+        if result.skipped_files:
+            typer.echo(f"{result.skipped_files} unreadable file(s) were skipped (see the log)")
+        if result.model_dir is not None:
+            typer.echo(str(result.model_dir.resolve()))
+    from tubelet.train.parallel import shutdown_distributed
+
+    shutdown_distributed()
+
+
+@app.command("presets")
+def presets_cmd() -> None:
+    """List the training presets."""
+    from tubelet.train.config import TRAIN_PRESETS
+
+    for name, cfg in TRAIN_PRESETS.items():
+        typer.echo(f"{name:16s} task={cfg.task} max_steps={cfg.max_steps}")
+
+
+@data_app.command("cache")
+def cache_cmd(
+    data: Path = typer.Argument(..., help="Dataset directory."),
+    model: Path = typer.Option(
+        ..., "--model", "-m", help="Model dir (pipeline dir with vae/, or a VAE dir)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Cache directory to write."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="Training YAML whose `data:` section to use."
+    ),
+    preset: str | None = typer.Option(
+        None, "--preset", "-p", help="Training preset whose `data:` section to use."
+    ),
+    batch_size: int = typer.Option(8, help="Clips per VAE call."),
+    clips_per_video: int = typer.Option(1, help="Clips cached per video (evenly spaced starts)."),
+) -> None:
+    """Precompute VAE latents (and frozen text embeddings) so training skips the VAE."""
+    from tubelet.data.cache import build_cache
+    from tubelet.data.dataset import DataConfig
+
+    data_cfg = DataConfig()
+    if config is not None or preset is not None:
+        from tubelet.train.config import resolve_train_config
+
+        data_cfg = resolve_train_config(preset, config).data
+    path = build_cache(
+        data, model, out, data=data_cfg, batch_size=batch_size, clips_per_video=clips_per_video
+    )
+    typer.echo(str(path.resolve()))

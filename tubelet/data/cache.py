@@ -1,0 +1,233 @@
+"""Precomputed training inputs: VAE latents (and frozen text embeddings) in safetensors shards.
+
+`tubelet data cache DIR --model MODEL_DIR --out CACHE_DIR` runs the VAE once over a dataset so that
+training never decodes videos nor runs the VAE each step. Layout of CACHE_DIR::
+
+    index.json                {"version": 1, "model": ..., "data": DataConfig, "buckets": [[F, H, W], ...],
+                               "samples": [{"path", "captions", "bucket", "shard", "row", "start"}, ...]}
+    shard-00000.safetensors   "latents": (N, C, F', H', W') posterior means, NOT normalised (the trainer
+                              normalises with the VAE's latents_mean/std), float16 or float32
+                              "context"/"mask": (N, K, L, D) / (N, K, L) frozen text embeddings of the
+                              K captions of each sample, only when the model's text encoder is frozen
+
+A shard holds the samples of one bucket. Shards are written atomically and index.json last,
+so an interrupted run leaves no index (run it again; nothing half-written is ever read).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tubelet.config import config_from_dict, config_to_dict
+from tubelet.data.dataset import DataConfig, VideoDataset
+from tubelet.errors import DataError, ModelLoadError
+from tubelet.models.hub import load_safetensors, save_state_dict
+
+CACHE_VERSION = 1
+
+
+def _find_vae(model_dir: Path):
+    from tubelet.models.vae import CausalVideoVAE
+
+    d = model_dir / "vae" if (model_dir / "vae").is_dir() else model_dir
+    if not (d / "config.json").is_file():
+        raise ModelLoadError(
+            f"{model_dir}: no VAE found (expected {model_dir}/vae/ or a VAE model directory)"
+        )
+    return CausalVideoVAE.from_pretrained(d)
+
+
+@torch.no_grad()
+def build_cache(
+    data_dir: str | Path,
+    model_dir: str | Path,
+    out: str | Path,
+    *,
+    data: DataConfig | None = None,
+    batch_size: int = 8,
+    clips_per_video: int = 1,
+    dtype: torch.dtype = torch.float16,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Encode every sample of `data_dir` with the VAE of `model_dir` into `out` (see module doc)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "index.json").is_file():
+        raise DataError(f"{out}: exists, is not empty and is not a latent cache; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = replace(data or DataConfig(), random_start=False)
+    ds = VideoDataset(data_dir, cfg, progress=progress)
+    if len(ds) == 0:
+        raise DataError(f"{data_dir}: no usable samples to cache ({ds.summary()})")
+    vae = _find_vae(Path(model_dir)).to(device)
+    text = None
+    md = Path(model_dir)
+    if (md / "text_encoder" / "config.json").is_file():
+        raw = json.loads((md / "text_encoder" / "config.json").read_text())
+        if raw.get("_class") == "HFTextEncoder":
+            from tubelet.models.text import load_text_encoder
+
+            text = load_text_encoder(md / "text_encoder", device=device)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ds) * clips_per_video, desc="caching latents", unit="clip", dynamic_ncols=True)
+    entries: list[dict[str, Any]] = []
+    shard = 0
+    for b, members in enumerate(ds.bucket_members):
+        if not members:
+            continue
+        rows: list[torch.Tensor] = []
+        ctxs: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        jobs = [(i, k) for i in members for k in range(clips_per_video)]
+        for lo in range(0, len(jobs), batch_size):
+            videos, metas = [], []
+            for i, k in jobs[lo : lo + batch_size]:
+                s = ds.samples[i]
+                start = _start(s, cfg, ds.buckets[b].frames, k, clips_per_video)
+                try:
+                    item = ds.load(i, start=start, caption_index=0)
+                except Exception as e:
+                    ds._record(s.path, getattr(e, "cause", None) or str(e))
+                    continue
+                videos.append(item["video"])
+                metas.append({"path": s.path, "captions": list(s.captions), "bucket": b, "start": start})
+            if bar is not None:
+                bar.update(len(jobs[lo : lo + batch_size]))
+            if not videos:
+                continue
+            z = vae.encode(torch.stack(videos).to(device))  # (n, C, F', H', W')
+            for j, meta in enumerate(metas):
+                meta.update(shard=shard, row=len(rows))
+                rows.append(z[j].to(dtype).cpu())
+                entries.append(meta)
+                if text is not None:
+                    emb = text.encode(meta["captions"])
+                    ctxs.append(emb.context.to(dtype).cpu())
+                    masks.append(emb.mask.cpu())
+        if rows:
+            tensors = {"latents": torch.stack(rows)}
+            if ctxs:
+                tensors["context"] = torch.stack(_pad_k(ctxs))
+                tensors["mask"] = torch.stack(_pad_k(masks))
+            save_state_dict(tensors, out / f"shard-{shard:05d}.safetensors")
+            shard += 1
+    if bar is not None:
+        bar.close()
+    if not entries:
+        raise DataError(f"{data_dir}: every sample failed to load; run `tubelet data check {data_dir}`")
+    index = {
+        "version": CACHE_VERSION,
+        "model": str(Path(model_dir).resolve()),
+        "data": config_to_dict(cfg),
+        "buckets": [[bk.frames, bk.height, bk.width] for bk in ds.buckets],
+        "unreadable": dict(ds.unreadable),
+        "samples": entries,
+    }
+    tmp = out / "index.json.tmp"
+    tmp.write_text(json.dumps(index, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "index.json")
+    return out
+
+
+def _pad_k(items: list[torch.Tensor]) -> list[torch.Tensor]:
+    k = max(t.shape[0] for t in items)
+    return [
+        torch.cat([t, t[:1].expand(k - t.shape[0], *t.shape[1:])]) if t.shape[0] < k else t for t in items
+    ]
+
+
+def _start(sample: Any, cfg: DataConfig, frames: int, k: int, n: int) -> int:
+    if sample.kind == "image" or n == 1:
+        return 0
+    from tubelet.data.dataset import source_indices
+
+    span = source_indices(0, frames, sample.fps, cfg.fps)[-1] + 1
+    last = max(0, sample.num_frames - span)
+    return round(last * k / (n - 1))
+
+
+class LatentCacheDataset(torch.utils.data.Dataset):
+    """Samples of a latent cache: dict(latents (C, F', H', W') float32, caption, path, bucket[, context, mask])."""
+
+    def __init__(self, root: str | Path, cfg: DataConfig | None = None) -> None:
+        self.root = Path(root)
+        idx_path = self.root / "index.json"
+        if not idx_path.is_file():
+            raise DataError(
+                f"{self.root}: not a latent cache (no index.json); build one with `tubelet data cache`"
+            )
+        index = json.loads(idx_path.read_text(encoding="utf-8"))
+        if index.get("version") != CACHE_VERSION:
+            raise DataError(f"{idx_path}: cache version {index.get('version')}, expected {CACHE_VERSION}")
+        self.index = index
+        self.cfg = cfg or config_from_dict(DataConfig, index["data"])
+        shapes = [tuple(b) for b in index["buckets"]]
+        # Map the cache's buckets onto the training config's buckets (for their batch sizes).
+        self.buckets = []
+        remap: dict[int, int] = {}
+        for i, (f, h, w) in enumerate(shapes):
+            match = [j for j, b in enumerate(self.cfg.buckets) if (b.frames, b.height, b.width) == (f, h, w)]
+            if match:
+                remap[i] = match[0]
+        self.buckets = list(self.cfg.buckets)
+        self.samples = [s for s in index["samples"] if s["bucket"] in remap]
+        if not self.samples:
+            raise DataError(
+                f"{self.root}: the cache holds buckets {shapes}, none of which is in the training config's "
+                f"buckets {[(b.frames, b.height, b.width) for b in self.cfg.buckets]}"
+            )
+        for s in self.samples:
+            s["train_bucket"] = remap[s["bucket"]]
+        shards = sorted({s["shard"] for s in self.samples})
+        self.shards = {k: load_safetensors(self.root / f"shard-{k:05d}.safetensors") for k in shards}
+
+    def bucket_ids(self) -> list[int]:
+        return [s["train_bucket"] for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = self.samples[i]
+        sh = self.shards[s["shard"]]
+        caps = s["captions"]
+        k = int(torch.randint(len(caps), ()).item()) if len(caps) > 1 else 0
+        item = {
+            "latents": sh["latents"][s["row"]].float(),
+            "caption": caps[k],
+            "path": s["path"],
+            "bucket": s["train_bucket"],
+        }
+        if "context" in sh:
+            item["context"] = sh["context"][s["row"], k].float()
+            item["mask"] = sh["mask"][s["row"], k]
+        return item
+
+    def stats(self) -> dict[str, Any]:
+        return {"samples": len(self.samples), "skipped_unreadable": len(self.index.get("unreadable", {}))}
+
+    def record_skipped(self, skipped: Any) -> None:  # the cache has nothing left to skip
+        return None
+
+
+def collate_latents(items: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "latents": torch.stack([it["latents"] for it in items]),
+        "caption": [it["caption"] for it in items],
+        "path": [it["path"] for it in items],
+        "bucket": items[0]["bucket"],
+        "skipped": [],
+    }
+    if "context" in items[0]:
+        out["context"] = torch.stack([it["context"] for it in items])
+        out["mask"] = torch.stack([it["mask"] for it in items])
+    return out

@@ -1,0 +1,318 @@
+"""`VideoDiT`: the video diffusion transformer (Wan2.1 text-to-video architecture).
+
+Latents (B, C, F, H, W) are cut into (pt, ph, pw) spacetime patches, embedded, and run through
+`num_layers` blocks of [modulated LayerNorm -> self-attention with RMS-normalised q/k and 3-D
+RoPE -> gated residual] + [LayerNorm -> cross-attention to the text tokens -> residual] +
+[modulated LayerNorm -> GELU(tanh) MLP -> gated residual]; a final modulated LayerNorm and a
+linear projection give the velocity, folded back into (B, C_out, F, H, W).
+
+Timesteps condition every block as in Wan: sinusoidal embedding -> time MLP (`time_embed`) ->
+SiLU -> one shared projection to 6 x dim (`time_mod`), to which each block adds its own learned
+(6, dim) table (shift/scale/gate for attention and MLP). A timestep per latent frame, t of shape
+(B, F'), gives each frame's tokens their own modulation.
+
+Numerically equal (fp32) to diffusers' `WanTransformer3DModel` after
+`tubelet.convert.wan_transformer.convert_transformer_state_dict`; the weight layout differs only
+where that is faster (fused QKV / KV projections, patch embedding as a Linear).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from tubelet.config import config_from_dict
+from tubelet.errors import ConfigError
+from tubelet.models.hub import PretrainedMixin
+from tubelet.models.layers import (
+    MLP,
+    RMSNorm,
+    apply_rope,
+    attention,
+    linear,
+    modulated_layer_norm,
+    rope_angles_3d,
+    rope_cos_sin,
+    timestep_embedding,
+)
+
+
+@dataclass
+class DiTConfig:
+    """Hyper-parameters of `VideoDiT` (names follow Wan; `dim` = heads x head_dim)."""
+
+    dim: int
+    num_heads: int
+    num_layers: int
+    ffn_dim: int
+    text_dim: int
+    in_channels: int = 16
+    out_channels: int = 16
+    freq_dim: int = 256
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    eps: float = 1e-6
+    rope_theta: float = 10000.0
+    # Wan precomputes RoPE for positions < rope_max_seq_len per axis; tubelet computes the angles
+    # for any grid (identical values), so this is kept for reference / conversion round trips.
+    rope_max_seq_len: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "num_heads", "num_layers", "ffn_dim", "text_dim", "in_channels", "out_channels", "freq_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"DiTConfig.{name} must be a positive integer, got {value!r}")
+        if self.dim % self.num_heads:
+            raise ConfigError(f"DiTConfig: dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        hd = self.dim // self.num_heads
+        if hd % 2 or hd < 6:
+            raise ConfigError(
+                f"DiTConfig: head dim dim/num_heads = {hd} must be even and >= 6 (3-D RoPE splits it over "
+                "frame/row/column in channel pairs)"
+            )
+        self.patch_size = tuple(self.patch_size)  # type: ignore[assignment]
+        if len(self.patch_size) != 3 or any(not isinstance(p, int) or p < 1 for p in self.patch_size):
+            raise ConfigError(f"DiTConfig.patch_size must be three positive integers, got {self.patch_size!r}")
+        if self.freq_dim % 2:
+            raise ConfigError(f"DiTConfig.freq_dim must be even, got {self.freq_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def patch_volume(self) -> int:
+        return math.prod(self.patch_size)
+
+
+DIT_PRESETS: dict[str, DiTConfig] = {
+    "tiny": DiTConfig(dim=64, num_heads=2, num_layers=2, ffn_dim=128, text_dim=32, freq_dim=64),
+    "small": DiTConfig(dim=256, num_heads=4, num_layers=6, ffn_dim=1024, text_dim=256),
+    "wan2.1-1.3b": DiTConfig(dim=1536, num_heads=12, num_layers=30, ffn_dim=8960, text_dim=4096),
+    "wan2.1-14b": DiTConfig(dim=5120, num_heads=40, num_layers=40, ffn_dim=13824, text_dim=4096),
+}
+
+
+def dit_config(spec: str | dict[str, Any] | DiTConfig) -> DiTConfig:
+    """A `DiTConfig` from a preset name, a plain dict (strictly checked) or a config (copied)."""
+    if isinstance(spec, DiTConfig):
+        return replace(spec)
+    if isinstance(spec, str):
+        if spec not in DIT_PRESETS:
+            raise ConfigError(f"unknown DiT preset {spec!r}; valid presets: {sorted(DIT_PRESETS)}")
+        return replace(DIT_PRESETS[spec])
+    if isinstance(spec, dict):
+        return config_from_dict(DiTConfig, spec)
+    raise ConfigError(f"expected a DiT preset name, dict or DiTConfig, got {type(spec).__name__}")
+
+
+class SelfAttention(nn.Module):
+    """Self-attention with a fused QKV projection, RMS-normalised q/k (across heads) and RoPE."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+        b, n, d = x.shape
+        h = self.num_heads
+        q, k, v = linear(x, self.qkv).split(d, dim=-1)  # (B, N, D) each (views)
+        q = apply_rope(self.norm_q(q).view(b, n, h, -1), *rope)  # (B, N, H, hd)
+        k = apply_rope(self.norm_k(k).view(b, n, h, -1), *rope)
+        v = v.view(b, n, h, -1)
+        o = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, N, hd)
+        return linear(o.transpose(1, 2).reshape(b, n, d), self.out)
+
+
+class CrossAttention(nn.Module):
+    """Attention from video tokens to text tokens (fused KV projection, RMS-normalised q/k)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
+        b, n, d = x.shape
+        h, length = self.num_heads, context.shape[1]
+        q = self.norm_q(linear(x, self.q)).view(b, n, h, -1)  # (B, N, H, hd)
+        k, v = linear(context, self.kv).split(d, dim=-1)  # (B, L, D) each
+        k = self.norm_k(k).view(b, length, h, -1)
+        v = v.view(b, length, h, -1)
+        o = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)  # (B, H, N, hd)
+        return linear(o.transpose(1, 2).reshape(b, n, d), self.out)
+
+
+class DiTBlock(nn.Module):
+    """One Wan block: modulated self-attention, cross-attention, modulated MLP."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.eps = cfg.eps
+        self.self_attn = SelfAttention(cfg.dim, cfg.num_heads, cfg.qk_norm, cfg.eps)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.eps) if cfg.cross_attn_norm else None
+        self.cross_attn = CrossAttention(cfg.dim, cfg.num_heads, cfg.qk_norm, cfg.eps)
+        self.ffn = MLP(cfg.dim, cfg.ffn_dim, cfg.dim, activation="gelu_tanh")
+        # Rows: shift/scale/gate for self-attention, then shift/scale/gate for the MLP.
+        self.modulation = nn.Parameter(torch.randn(6, cfg.dim) / cfg.dim**0.5)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor,
+        time_mod: Tensor,
+        rope: tuple[Tensor, Tensor],
+        context_mask: Tensor | None,
+    ) -> Tensor:
+        """x: (B, T, S, D) tokens in T timestep groups; context: (B, L, D); time_mod: (B, T, 6, D)."""
+        b, t, s, d = x.shape
+        mod = (self.modulation.float() + time_mod.float()).unsqueeze(3)  # (B, T, 6, 1, D) float32
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(2)  # (B, T, 1, D) each
+
+        h = modulated_layer_norm(x, scale1, shift1, self.eps)
+        a = self.self_attn(h.reshape(b, t * s, d), rope).view(b, t, s, d)
+        x = torch.addcmul(x, a, gate1.to(x.dtype))
+
+        if self.norm2 is not None:
+            h = F.layer_norm(x, (d,), self.norm2.weight, self.norm2.bias, self.eps)
+        else:
+            h = x
+        x = x + self.cross_attn(h.reshape(b, t * s, d), context, context_mask).view(b, t, s, d)
+
+        h = modulated_layer_norm(x, scale2, shift2, self.eps)
+        f = self.ffn(h)
+        return torch.addcmul(x, f, gate2.to(x.dtype))
+
+
+class VideoDiT(nn.Module, PretrainedMixin):
+    """Video diffusion transformer: `model(x, t, context, context_mask=None) -> velocity`."""
+
+    config_class = DiTConfig
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.patch_embed = nn.Linear(c.in_channels * c.patch_volume, c.dim)
+        self.text_embed = MLP(c.text_dim, c.dim, c.dim, activation="gelu_tanh")
+        self.time_embed = MLP(c.freq_dim, c.dim, c.dim, activation="silu")
+        self.time_mod = nn.Linear(c.dim, 6 * c.dim)
+        self.blocks = nn.ModuleList([DiTBlock(c) for _ in range(c.num_layers)])
+        self.head_modulation = nn.Parameter(torch.randn(2, c.dim) / c.dim**0.5)  # shift, scale
+        self.proj_out = nn.Linear(c.dim, c.out_channels * c.patch_volume)
+        self.gradient_checkpointing = False
+        self._rope_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    # ---------------------------------------------------------------------------------------
+    def rope_tables(self, grid: tuple[int, int, int], device: torch.device) -> tuple[Tensor, Tensor]:
+        """cos/sin (F'H'W', 1, head_dim/2) float32 for a token grid, cached per (grid, device)."""
+        key = (grid, str(device))
+        tables = self._rope_cache.get(key)
+        if tables is None:
+            if len(self._rope_cache) >= 16:
+                self._rope_cache.clear()
+            angles = rope_angles_3d(grid, self.config.head_dim, self.config.rope_theta)
+            tables = rope_cos_sin(angles, device)
+            self._rope_cache[key] = tables
+        return tables
+
+    def _check_inputs(self, x: Tensor, t: Tensor, context: Tensor, context_mask: Tensor | None) -> Tensor:
+        c = self.config
+        if x.ndim != 5:
+            raise ValueError(f"x must be (B, C, F, H, W) latents, got shape {tuple(x.shape)}")
+        b, ch, f, hh, ww = x.shape
+        if ch != c.in_channels:
+            raise ValueError(f"x has {ch} channels, the model expects in_channels={c.in_channels}")
+        pt, ph, pw = c.patch_size
+        if f % pt or hh % ph or ww % pw or min(f, hh, ww) == 0:
+            raise ValueError(
+                f"latent size (F, H, W) = {(f, hh, ww)} must be non-empty and divisible by the patch size {c.patch_size}"
+            )
+        if not isinstance(t, Tensor):
+            t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(b)
+        if not ((t.ndim == 1 and t.shape[0] == b) or (t.ndim == 2 and tuple(t.shape) == (b, f // pt))):
+            raise ValueError(
+                f"t must have shape (B,) = ({b},) or one timestep per latent frame (B, F') = {(b, f // pt)}, "
+                f"got {tuple(t.shape)}"
+            )
+        if context.ndim != 3 or context.shape[0] != b or context.shape[2] != c.text_dim:
+            raise ValueError(
+                f"context must be (B, L, text_dim) = ({b}, L, {c.text_dim}), got {tuple(context.shape)}"
+            )
+        if context.shape[1] == 0:
+            raise ValueError("context has no tokens (L = 0)")
+        if context_mask is not None and (
+            context_mask.dtype != torch.bool or tuple(context_mask.shape) != tuple(context.shape[:2])
+        ):
+            raise ValueError(
+                f"context_mask must be a bool tensor of shape (B, L) = {tuple(context.shape[:2])}, "
+                f"got {context_mask.dtype} {tuple(context_mask.shape)}"
+            )
+        if context_mask is not None and not bool(context_mask.any(dim=1).all()):
+            empty = [i for i, row in enumerate(context_mask.any(dim=1).tolist()) if not row]
+            raise ValueError(f"context_mask rows {empty} have no True entry; every sample needs a text token")
+        return t
+
+    def forward(self, x: Tensor, t: Tensor, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
+        """Predict the flow-matching velocity.
+
+        x: (B, C, F, H, W) latents; t: (B,) timesteps in [0, 1000] or (B, F') one per latent frame
+        (F' = F / pt); context: (B, L, text_dim) text embeddings; context_mask: optional (B, L) bool,
+        True = real token (masked tokens are ignored by cross-attention). Returns (B, C_out, F, H, W).
+        """
+        t = self._check_inputs(x, t, context, context_mask)
+        c = self.config
+        b, ch, f, hh, ww = x.shape
+        pt, ph, pw = c.patch_size
+        gf, gh, gw = f // pt, hh // ph, ww // pw
+        n = gf * gh * gw
+        dtype = self.patch_embed.weight.dtype
+
+        # Patchify: (B, C, F, H, W) -> (B, N, C*pt*ph*pw), features ordered (C, pt, ph, pw).
+        patches = x.reshape(b, ch, gf, pt, gh, ph, gw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        tokens = linear(patches.reshape(b, n, -1).to(dtype), self.patch_embed)  # (B, N, D)
+
+        # Time conditioning: (B, T, D) with T = 1 (one t per sample) or F' (one per frame).
+        tt = t[:, None] if t.ndim == 1 else t  # (B, T)
+        groups = tt.shape[1]
+        temb = self.time_embed(timestep_embedding(tt, c.freq_dim).to(dtype))  # (B, T, D)
+        time_mod = self.time_mod(F.silu(temb)).unflatten(-1, (6, c.dim))  # (B, T, 6, D)
+
+        ctx = self.text_embed(context.to(dtype))  # (B, L, D)
+        rope = self.rope_tables((gf, gh, gw), x.device)
+
+        h = tokens.view(b, groups, n // groups, c.dim)  # (B, T, S, D)
+        use_ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
+        for block in self.blocks:
+            if use_ckpt:
+                h = checkpoint(block, h, ctx, time_mod, rope, context_mask, use_reentrant=False)
+            else:
+                h = block(h, ctx, time_mod, rope, context_mask)
+
+        # Head: LayerNorm modulated by (table + temb), projection, unpatchify.
+        mod = (self.head_modulation.float() + temb.float()[:, :, None, :]).unsqueeze(3)  # (B, T, 2, 1, D)
+        h = modulated_layer_norm(h, mod[:, :, 1], mod[:, :, 0], c.eps)
+        out = linear(h.reshape(b, n, c.dim), self.proj_out)  # (B, N, pt*ph*pw*C_out)
+        out = out.reshape(b, gf, gh, gw, pt, ph, pw, c.out_channels).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return out.reshape(b, c.out_channels, f, hh, ww)
+
+    def num_parameters(self) -> int:
+        """Total number of parameters (works on the meta device)."""
+        return sum(p.numel() for p in self.parameters())

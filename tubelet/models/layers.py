@@ -1,0 +1,290 @@
+"""Shared transformer primitives: attention, linear (+GELU), norms, RoPE, timestep embedding.
+
+Everything here is a pure function or a small `nn.Module` without buffers, so models built on
+the meta device (see `tubelet.models.hub`) load without surprises.
+
+Attention goes through the single function `attention()`; other backends (flash kernels,
+sequence parallelism) plug in with `register_attention_backend()` / `set_attention_backend()`.
+
+CPU performance notes (measured on a 2-core AMD EPYC with AVX-512 BF16, torch 2.13 CPU build):
+* MKL's fp32 GEMM (what `F.linear` uses for fp32 on CPU) runs at about half the speed of
+  oneDNN's on AMD CPUs; `linear()` therefore routes inference-mode CPU matmuls through oneDNN
+  when the build has it, fused with the GELU when one follows.
+* bfloat16 attention over long sequences is faster as two oneDNN bf16 batched matmuls around a
+  softmax (the "math" route) than through the fused CPU flash kernel; `attention()` picks it for
+  CPU bf16/fp16 self-attention in inference mode and keeps the logits in float32 where it
+  matters (see `_attention_cpu_lowp`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# --------------------------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------------------------
+
+AttentionFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+def _expand_key_mask(mask: Tensor | None, q: Tensor, k: Tensor) -> Tensor | None:
+    """(B, Nk) bool key mask -> (B, 1, 1, Nk) bool mask for SDPA; checks shapes."""
+    if mask is None:
+        return None
+    b, nk = k.shape[0], k.shape[2]
+    if mask.dtype != torch.bool or tuple(mask.shape) != (b, nk):
+        raise ValueError(f"attention mask must be a bool tensor of shape {(b, nk)}, got {mask.dtype} {tuple(mask.shape)}")
+    return mask[:, None, None, :]
+
+
+def _attention_sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=_expand_key_mask(mask, q, k))
+
+
+def _attention_cpu_lowp(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """bf16/fp16 attention on CPU: scores and P @ V as oneDNN bf16 batched matmuls.
+
+    q, k, v: (B, H, N, d). The scores are rounded to the compute dtype by the matmul, the
+    softmax runs in float32 internally; the probabilities are rounded to the compute dtype
+    before P @ V exactly as the fused flash kernel does.
+    """
+    b, h, nq, d = q.shape
+    nk = k.shape[2]
+    scale = 1.0 / math.sqrt(d)
+    out = torch.empty((b, nq, h, d), dtype=q.dtype, device=q.device)  # (B, Nq, H, d)
+    keep = None if mask is None else _expand_key_mask(mask, q, k)
+    # One (batch, head) at a time keeps the (Nq, Nk) score matrix in cache.
+    for i in range(b):
+        for j in range(h):
+            s = torch.mm(q[i, j], k[i, j].transpose(0, 1))  # (Nq, Nk)
+            if keep is not None:
+                s = s.masked_fill(~keep[i, 0], float("-inf"))
+            p = torch.softmax(s.mul_(scale) if keep is None else s * scale, dim=-1)
+            torch.mm(p, v[i, j], out=out[i, :, j])
+    del nk
+    return out.transpose(1, 2)  # (B, H, Nq, d)
+
+
+def _attention_auto(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    if (
+        q.device.type == "cpu"
+        and q.dtype in (torch.bfloat16, torch.float16)
+        and q.shape[2] >= 256
+        and k.shape[2] >= 256
+        and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+    ):
+        return _attention_cpu_lowp(q, k, v, mask)
+    return _attention_sdpa(q, k, v, mask)
+
+
+_ATTENTION_BACKENDS: dict[str, AttentionFn] = {
+    "auto": _attention_auto,
+    "sdpa": _attention_sdpa,
+    "cpu_lowp": _attention_cpu_lowp,
+}
+_attention_backend = "auto"
+
+
+def register_attention_backend(name: str, fn: AttentionFn) -> None:
+    """Add an attention implementation `fn(q, k, v, mask) -> out` under `name`."""
+    _ATTENTION_BACKENDS[name] = fn
+
+
+def set_attention_backend(name: str) -> str:
+    """Select the attention backend used by `attention()`; returns the previous name."""
+    global _attention_backend
+    if name not in _ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; known: {sorted(_ATTENTION_BACKENDS)}")
+    previous, _attention_backend = _attention_backend, name
+    return previous
+
+
+def get_attention_backend() -> str:
+    """Name of the attention backend `attention()` currently uses."""
+    return _attention_backend
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Multi-head scaled dot-product attention (softmax scale 1/sqrt(d), no dropout).
+
+    q: (B, H, Nq, d); k, v: (B, H, Nk, d); mask: optional (B, Nk) bool, True = attend to this key.
+    Returns (B, H, Nq, d) (possibly a non-contiguous view). Every row of `mask` needs at least one
+    True entry (a row without any gives NaN, as in every softmax attention).
+    """
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(
+            f"attention expects 4-D (B, H, N, d) tensors, got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    return _ATTENTION_BACKENDS[_attention_backend](q, k, v, mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Linear layers
+# --------------------------------------------------------------------------------------------
+
+_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if hasattr(torch.ops, "mkldnn") else None
+
+
+def _use_onednn(x: Tensor, weight: Tensor) -> bool:
+    return (
+        _ONEDNN_LINEAR is not None
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and weight.dtype == x.dtype
+        and x.ndim >= 2
+        and x.shape[-1] > 0
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    )
+
+
+def linear(x: Tensor, layer: nn.Linear, gelu_tanh: bool = False) -> Tensor:
+    """`layer(x)`, optionally followed by tanh-approximated GELU, fastest available way.
+
+    On CPU in inference (no autograd) this uses oneDNN's fused inner product (+GELU); everywhere
+    else `F.linear` (+`F.gelu`). x: (..., in_features) -> (..., out_features).
+    """
+    if _use_onednn(x, layer.weight):
+        if gelu_tanh:
+            return _ONEDNN_LINEAR(x, layer.weight, layer.bias, "gelu", [], "tanh")
+        return _ONEDNN_LINEAR(x, layer.weight, layer.bias, "none", [], "")
+    y = F.linear(x, layer.weight, layer.bias)
+    return F.gelu(y, approximate="tanh") if gelu_tanh else y
+
+
+class MLP(nn.Module):
+    """Linear -> activation -> Linear (`fc1`, `fc2`); activation "gelu_tanh" or "silu"."""
+
+    def __init__(self, in_features: int, hidden: int, out_features: int, activation: str = "gelu_tanh") -> None:
+        super().__init__()
+        if activation not in ("gelu_tanh", "silu"):
+            raise ValueError(f"MLP activation must be 'gelu_tanh' or 'silu', got {activation!r}")
+        self.activation = activation
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.fc2 = nn.Linear(hidden, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.activation == "gelu_tanh":
+            h = linear(x, self.fc1, gelu_tanh=True)
+        else:
+            h = F.silu(linear(x, self.fc1))
+        return linear(h, self.fc2)
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last dimension with a learned per-channel weight."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def modulated_layer_norm(x: Tensor, scale: Tensor, shift: Tensor, eps: float) -> Tensor:
+    """`LayerNorm(x) * (1 + scale) + shift` with per-group modulation, result in x's dtype.
+
+    x: (B, T, S, D) (T groups of S tokens each, e.g. T latent frames); scale, shift: (B, T, 1, D),
+    any float dtype. With few groups each group is one fused layer_norm call with the modulation
+    as its affine parameters (one rounding in low precision); otherwise a broadcast multiply-add.
+    """
+    b, t, _, d = x.shape
+    if b * t <= 4:
+        w = 1 + scale.to(torch.float32)  # (B, T, 1, D)
+        sh = shift.to(torch.float32)
+        if b * t == 1:
+            return F.layer_norm(x, (d,), w.reshape(d), sh.reshape(d), eps)
+        rows = [
+            torch.stack([F.layer_norm(x[i, j], (d,), w[i, j, 0], sh[i, j, 0], eps) for j in range(t)])
+            for i in range(b)
+        ]
+        return torch.stack(rows)
+    y = F.layer_norm(x, (d,), None, None, eps)
+    return torch.addcmul(shift.to(x.dtype), y, (1 + scale).to(x.dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# Rotary position embedding (3-D, Wan layout: interleaved pairs, axes split as t | h | w)
+# --------------------------------------------------------------------------------------------
+
+
+def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
+    """Channels of one head given to (frame, row, column) positions, as Wan splits them."""
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+def rope_angles_3d(grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0) -> Tensor:
+    """Rotation angles for every token of an (F, H, W) grid, float64 on the CPU.
+
+    Returns (F*H*W, head_dim // 2): for pair i of a head, the angle position * theta^(-2i/dim_axis)
+    of the axis the pair belongs to (frame pairs first, then row, then column).
+    """
+    f, h, w = grid
+    parts = []
+    for n, dim in zip((f, h, w), rope_axis_dims(head_dim)):
+        inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))  # (dim/2,)
+        parts.append(torch.outer(torch.arange(n, dtype=torch.float64), inv))  # (n, dim/2)
+    af, ah, aw = parts
+    angles = torch.cat(
+        [
+            af[:, None, None, :].expand(f, h, w, -1),
+            ah[None, :, None, :].expand(f, h, w, -1),
+            aw[None, None, :, :].expand(f, h, w, -1),
+        ],
+        dim=-1,
+    )  # (F, H, W, head_dim/2)
+    return angles.reshape(f * h * w, head_dim // 2)
+
+
+def rope_cos_sin(angles: Tensor, device: torch.device | str, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """cos/sin tables (N, 1, head_dim/2) in `dtype` on `device` from float64 angles (N, head_dim/2)."""
+    cos = angles.cos().to(dtype)[:, None, :]
+    sin = angles.sin().to(dtype)[:, None, :]
+    return cos.to(device), sin.to(device)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate interleaved channel pairs (2i, 2i+1) of every head by the token's angle.
+
+    x: (B, N, H, d); cos, sin: (N, 1, d/2) float32. Computes in float32 (a no-op cast for fp32
+    input) and returns x's dtype, contiguous (B, N, H, d).
+    """
+    b, n, h, d = x.shape
+    xf = x.float().reshape(b, n, h, d // 2, 2)
+    x1, x2 = xf.unbind(-1)  # (B, N, H, d/2) each
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, N, H, d/2, 2)
+    return out.reshape(b, n, h, d).to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Timestep embedding
+# --------------------------------------------------------------------------------------------
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of (fractional) timesteps, [cos | sin] halves, float32.
+
+    t: (...,) -> (..., dim). Frequencies exp(-ln(max_period) * i / (dim/2)), i = 0..dim/2-1
+    (the layout Wan uses: cosines first, no frequency shift).
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[..., None] * freqs  # (..., half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb

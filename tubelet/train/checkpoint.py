@@ -1,0 +1,184 @@
+"""Resumable checkpoints: written atomically, loadable on any world size / wrapper.
+
+Layout of ``RUN/checkpoints/step-NNNNNNN/``::
+
+    model.safetensors      full (gathered) trainable weights, float32
+    ema.safetensors        EMA weights (when EMA is on)
+    optimizer.pt           full optimizer state keyed by parameter name (plain tensors only:
+                           read back with torch.load(weights_only=True))
+    trainer.json           step, data position, counters, the run config, python/numpy RNG states
+    rng-rank<R>.safetensors  torch RNG states of rank R (CPU, accelerator, the objective's generator)
+
+Everything is written into ``step-NNNNNNN.tmp`` first and renamed when complete, so a
+checkpoint directory under its final name is always whole; a ``*.tmp`` left by a killed run
+is ignored and removed. Full (gathered) state dicts are used for DDP and FSDP2 alike, via
+`torch.distributed.checkpoint.state_dict`, so a run can resume under the other wrapper or
+another number of processes (exact bit-for-bit resume needs the same world size).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from tubelet.models.hub import load_safetensors, save_state_dict
+from tubelet.train.parallel import DistInfo
+
+STEP_RE = re.compile(r"^step-(\d{7,})$")
+
+
+def step_dir(run: Path, step: int) -> Path:
+    return run / "checkpoints" / f"step-{step:07d}"
+
+
+def list_checkpoints(run: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = run / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [
+        p for p in root.iterdir() if p.is_dir() and STEP_RE.match(p.name) and (p / "trainer.json").is_file()
+    ]
+    return sorted(found, key=lambda p: int(STEP_RE.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    found = list_checkpoints(run)
+    return found[-1] if found else None
+
+
+def _options(full: bool = True):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=full, cpu_offload=True)
+
+
+def gather_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Full state dict with clean names (no 'module.' / compile prefixes). Collective under FSDP."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_options())
+
+
+def gather_optimizer_state(model: nn.Module, optim: torch.optim.Optimizer) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optim, options=_options())
+
+
+def rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    out = {"torch_cpu": torch.get_rng_state(), "objective": generator.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["torch_cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def set_rng_state(state: dict[str, torch.Tensor], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    generator.set_state(state["objective"])
+    if "torch_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["torch_cuda"])
+
+
+def _barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def save_checkpoint(
+    run: Path,
+    step: int,
+    *,
+    info: DistInfo,
+    model: nn.Module,
+    optim: torch.optim.Optimizer,
+    ema_state: dict[str, torch.Tensor] | None,
+    trainer_state: dict[str, Any],
+    generator: torch.Generator,
+    keep_last: int,
+) -> Path:
+    """Write a checkpoint (all ranks call this: gathering is collective), keep the last `keep_last`."""
+    final = step_dir(run, step)
+    tmp = final.with_name(final.name + ".tmp")
+    model_sd = gather_model_state(model)
+    optim_sd = gather_optimizer_state(model, optim)
+    if info.is_main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    _barrier(info)
+    save_state_dict(rng_state(generator), tmp / f"rng-rank{info.rank}.safetensors")
+    if info.is_main:
+        save_state_dict(model_sd, tmp / "model.safetensors")
+        if ema_state is not None:
+            save_state_dict(ema_state, tmp / "ema.safetensors")
+        torch.save(optim_sd, tmp / "optimizer.pt")
+        state = dict(trainer_state)
+        state["python_rng"] = _py_rng()
+        state["numpy_rng"] = _np_rng()
+        state["world_size"] = info.world_size
+        (tmp / "trainer.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    _barrier(info)
+    if info.is_main:
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)  # atomic: the checkpoint appears whole or not at all
+        for old in list_checkpoints(run)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in (run / "checkpoints").glob("*.tmp"):
+            if stale != tmp:
+                shutil.rmtree(stale, ignore_errors=True)
+    _barrier(info)
+    return final
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    info: DistInfo,
+    model: nn.Module,
+    optim: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """Restore model/optimizer/RNG from `path`; returns (trainer_state, ema_state or None)."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    state = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+    model_sd = load_safetensors(path / "model.safetensors")
+    set_model_state_dict(model, model_sd, options=_options())
+    optim_sd = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    set_optimizer_state_dict(model, optim, optim_sd, options=_options())
+    ema = load_safetensors(path / "ema.safetensors") if (path / "ema.safetensors").is_file() else None
+    rng_file = path / f"rng-rank{info.rank}.safetensors"
+    if rng_file.is_file() and state.get("world_size") == info.world_size:
+        set_rng_state(load_safetensors(rng_file), generator)
+        random.setstate(_to_tuple(state["python_rng"]))
+        np.random.set_state(_np_from(state["numpy_rng"]))
+    return state, ema
+
+
+def _py_rng() -> list[Any]:
+    v, internal, g = random.getstate()
+    return [v, list(internal), g]
+
+
+def _to_tuple(s: list[Any]) -> tuple[Any, ...]:
+    return (s[0], tuple(s[1]), s[2])
+
+
+def _np_rng() -> list[Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _np_from(s: list[Any]) -> tuple[Any, ...]:
+    return (s[0], np.asarray(s[1], dtype=np.uint32), s[2], s[3], s[4])

@@ -1,0 +1,179 @@
+"""Training configuration: one typed dataclass tree, named presets, YAML with strict keys.
+
+A run is described by `TrainConfig`. It comes from a preset (`--preset NAME`), a YAML file
+(`--config FILE.yaml`, whose keys map onto the dataclasses; unknown keys are errors), or both
+(the file's keys override the preset's), and finally command-line flags.
+
+Model fields accept a preset name (str) or a full mapping of the component's config:
+
+    task: dit
+    dit: small                 # or {dim: 256, num_heads: 4, ...}
+    text_encoder: small        # ByteTextConfig preset/mapping (trained jointly), or a path to a
+                               # pretrained text-encoder dir (frozen), e.g. a converted umT5
+    vae_path: runs/vae/model   # frozen VAE for DiT runs; null = pixel space (DiT in_channels 3)
+    data: {fps: 8, buckets: [[17, 64, 64, 32]]}
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tubelet.config import config_from_dict, config_to_dict, load_config_file
+from tubelet.data.dataset import Bucket, DataConfig
+from tubelet.diffusion.flow import FlowConfig
+from tubelet.errors import ConfigError
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then a constant, cosine or linear decay to `min_lr_ratio * lr`."""
+
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class SampleConfig:
+    """Clips written to RUN/samples/ during training and the defaults saved with the final model."""
+
+    every: int = 0  # steps between sample sets; 0 = only at the end
+    prompts: list[str] = field(default_factory=list)
+    steps: int = 20
+    guidance_scale: float = 4.0
+    sampler: str = "unipc"
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. See the module docstring for the model fields."""
+
+    task: Literal["dit", "vae"] = "dit"
+    # ---- models
+    dit: Any = "tiny"  # str preset | DiTConfig mapping
+    text_encoder: Any = "tiny"  # str preset | ByteTextConfig mapping | path to a pretrained encoder dir
+    train_text_encoder: bool = True  # only for a ByteTextEncoder
+    vae: Any = "tiny"  # for task=vae: str preset | VAEConfig mapping
+    vae_path: str | None = None  # for task=dit: a trained VAE model dir (frozen); None = pixel space
+    init_from: str | None = None  # start from the weights of a model/pipeline dir (fine-tuning)
+    # ---- data
+    data: DataConfig = field(default_factory=DataConfig)
+    cache: str | None = None  # a latent cache dir (`tubelet data cache`) used instead of decoding videos
+    # ---- objective
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    kl_weight: float = 1e-6  # task=vae: weight of the KL term (per element, relative to the L1 term)
+    recon_loss: Literal["l1", "mse"] = "l1"
+    # ---- optimisation
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    max_steps: int = 1000
+    grad_accum: int = 1
+    ema_decay: float | None = 0.999
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    grad_checkpointing: bool = False
+    compile: bool = False
+    device: str = "auto"
+    parallel: Literal["none", "ddp", "fsdp"] = "none"
+    seed: int = 0
+    # ---- bookkeeping
+    log_every: int = 10
+    save_every: int = 500
+    keep_last: int = 3
+    max_bad_steps: int = 5  # consecutive NaN/inf losses before the run stops
+    samples: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "grad_accum", "log_every", "keep_last", "max_bad_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.save_every < 0:
+            raise ConfigError(f"TrainConfig.save_every must be >= 0, got {self.save_every}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"TrainConfig.ema_decay must be in (0, 1) or null, got {self.ema_decay}")
+
+
+def _small_data(frames: int, size: int, batch: int, image_batch: int = 0, workers: int = 0) -> DataConfig:
+    buckets = [Bucket(frames, size, size, batch)]
+    if image_batch:
+        buckets.append(Bucket(1, size, size, image_batch))
+    return DataConfig(fps=8.0, buckets=buckets, num_workers=workers, random_start=False)
+
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    # Seconds on a CPU: for tests and smoke runs (pixel space, tiny DiT + byte encoder).
+    "tiny": TrainConfig(
+        task="dit",
+        dit="tiny",
+        text_encoder={"dim": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "max_length": 256},
+        data=_small_data(5, 16, 2),
+        optim=OptimConfig(lr=1e-3, warmup_steps=2),
+        max_steps=20,
+        log_every=1,
+        save_every=10,
+        samples=SampleConfig(every=0, prompts=["a red circle moving right"], steps=4, guidance_scale=1.0),
+    ),
+    # A tiny causal VAE run (tests, smoke runs).
+    "tiny-vae": TrainConfig(
+        task="vae",
+        vae="tiny",
+        data=_small_data(5, 16, 2),
+        optim=OptimConfig(lr=1e-3, warmup_steps=2),
+        max_steps=20,
+        log_every=1,
+        save_every=10,
+        ema_decay=None,
+    ),
+}
+
+
+def resolve_train_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Preset, then YAML file keys, then `overrides` (dotted keys allowed: "optim.lr")."""
+    if preset is None and config_file is None:
+        raise ConfigError("give a --preset NAME or a --config FILE.yaml")
+    if preset is not None and preset not in TRAIN_PRESETS:
+        raise ConfigError(f"unknown training preset {preset!r}; available: {sorted(TRAIN_PRESETS)}")
+    base = config_to_dict(copy.deepcopy(TRAIN_PRESETS[preset])) if preset else {}
+    if config_file is not None:
+        _merge(base, load_config_file(config_file))
+    for key, value in (overrides or {}).items():
+        _merge(base, _nest(key, value))
+    return config_from_dict(TrainConfig, base, where=str(config_file or f"preset {preset}"))
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    cur = out
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _merge(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def train_config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return config_to_dict(cfg)
+
+
+def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    return dataclasses.replace(cfg, **changes)

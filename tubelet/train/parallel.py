@@ -1,0 +1,136 @@
+"""Distributed set-up and parallelism applied to a built model, from outside it.
+
+Launch with PyTorch's own launcher, e.g. ``torchrun --nproc_per_node 8 -m tubelet train ...``.
+Nothing here is needed for a single process: ``init_distributed()`` then returns a trivial
+context and ``apply_parallelism`` returns the model unchanged.
+
+Order of wrappers (torchtitan's order, each optional):
+  1. activation checkpointing (a flag on the model: blocks call ``torch.utils.checkpoint``)
+  2. ``torch.compile`` per block (keeps graph breaks local and compile time short)
+  3. FSDP2 ``fully_shard`` per transformer block, then on the root (so each block's
+     parameters are gathered just in time and freed after), or DDP on the root.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: rank, world size, its device."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def detect_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' picks cuda, then mps, then any registered accelerator, then cpu."""
+    if requested != "auto":
+        dev = torch.device(requested)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None and acc.is_available():
+        cur = acc.current_accelerator()
+        if cur is not None and cur.type not in ("cpu",):
+            return torch.device(cur.type, local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = detect_device(device, local)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    return DistInfo(rank=rank, local_rank=local, world_size=world, device=dev)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def blocks_of(model: nn.Module) -> list[nn.Module]:
+    """The repeated transformer blocks of a model (the FSDP / compile units)."""
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.ModuleList):
+        return list(blocks)
+    return []
+
+
+def apply_parallelism(
+    model: nn.Module,
+    info: DistInfo,
+    *,
+    mode: str = "none",
+    compile: bool = False,
+    submodules: list[nn.Module] | None = None,
+) -> nn.Module:
+    """Wrap `model` for training. `submodules` are the modules whose `.blocks` get sharded/compiled.
+
+    mode: "none" (single process or replicated without sync: only valid with world size 1),
+    "ddp" (replicated, gradients all-reduced) or "fsdp" (FSDP2 fully_shard per block + root).
+    """
+    if mode not in ("none", "ddp", "fsdp"):
+        raise ValueError(f"parallel mode must be none, ddp or fsdp, got {mode!r}")
+    if info.distributed and mode == "none":
+        mode = "ddp"
+    targets = submodules if submodules is not None else [model]
+    if compile:
+        for sub in targets:
+            for block in blocks_of(sub):
+                block.compile()
+    if mode == "ddp" and info.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        if not info.distributed:
+            dist_ok = dist.is_initialized()
+            if not dist_ok:
+                raise ValueError("--parallel fsdp needs torchrun (WORLD_SIZE > 1)")
+        for sub in targets:
+            for block in blocks_of(sub):
+                fully_shard(block)
+        fully_shard(model)
+    return model
+
+
+def all_reduce_mean(value: float, info: DistInfo) -> float:
+    """Average a python float over ranks (for logging)."""
+    if not info.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return float(t.item()) / info.world_size

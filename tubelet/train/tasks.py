@@ -1,0 +1,322 @@
+"""What is trained: the text-to-video denoiser (task "dit") or the causal video VAE (task "vae").
+
+A task builds its modules from the `TrainConfig`, turns a batch into a loss, writes sample clips
+and exports the final model directory. The training loop (`trainer.py`) is shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tubelet.errors import ConfigError, ModelLoadError
+from tubelet.train.config import TrainConfig
+
+
+def _preset(value: Any, presets: dict[str, Any], cls: type, what: str) -> Any:
+    from tubelet.config import config_from_dict
+
+    if isinstance(value, str):
+        if value not in presets:
+            raise ConfigError(f"unknown {what} preset {value!r}; available: {sorted(presets)}")
+        return dataclasses.replace(presets[value])
+    if isinstance(value, dict):
+        return config_from_dict(cls, value, where=what)
+    if isinstance(value, cls):
+        return value
+    raise ConfigError(f"{what}: expected a preset name or a mapping, got {value!r}")
+
+
+class TextToVideoModel(nn.Module):
+    """The trainable part of a text-to-video model: DiT (+ the byte text encoder when trained jointly).
+
+    forward(x, t, context, context_mask): when `text` is set, `context` holds token ids (B, L) and
+    `context_mask` their mask; otherwise `context` is already encoded text (B, L, D).
+    """
+
+    def __init__(self, dit: nn.Module, text: nn.Module | None) -> None:
+        super().__init__()
+        self.dit = dit
+        self.text = text
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.text is not None:
+            context = self.text(context, context_mask)  # (B, L) ids -> (B, L, D)
+        return self.dit(x, t, context, context_mask)
+
+
+def latent_stats(vae: nn.Module | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-channel (mean, std) as (1, C, 1, 1, 1) tensors from a VAE config, or None."""
+    if vae is None:
+        return None
+    cfg = vae.config
+    if cfg.latents_mean is None or cfg.latents_std is None:
+        return None
+    mean = torch.tensor(cfg.latents_mean, device=device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(cfg.latents_std, device=device).view(1, -1, 1, 1, 1)
+    return mean, std
+
+
+class DiTTask:
+    """Rectified-flow training of a VideoDiT (+ byte text encoder) on VAE latents or pixels."""
+
+    name = "dit"
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1) -> None:
+        from tubelet.models.dit import DIT_PRESETS, DiTConfig, VideoDiT
+        from tubelet.models.text import BYTE_TEXT_PRESETS, ByteTextConfig, ByteTextEncoder, load_text_encoder
+        from tubelet.models.vae import CausalVideoVAE
+
+        self.cfg = cfg
+        self.device = device
+        self.rank, self.world_size = rank, world_size
+        # Frozen VAE (or pixel space).
+        self.vae = None
+        if cfg.vae_path:
+            self.vae = CausalVideoVAE.from_pretrained(cfg.vae_path).to(device).eval().requires_grad_(False)
+        channels = self.vae.config.z_dim if self.vae is not None else 3
+        # Text encoder: a byte-encoder config (trained jointly) or a pretrained dir (frozen).
+        te = cfg.text_encoder
+        self.frozen_text = None
+        self.text_dir: Path | None = None
+        if isinstance(te, str) and te not in BYTE_TEXT_PRESETS and Path(te).exists():
+            self.text_dir = Path(te)
+            enc = load_text_encoder(te)
+            if isinstance(enc, ByteTextEncoder) and cfg.train_text_encoder:
+                text: nn.Module | None = enc
+            else:
+                self.frozen_text = enc.to(device).eval().requires_grad_(False)
+                text = None
+        else:
+            text = ByteTextEncoder(_preset(te, BYTE_TEXT_PRESETS, ByteTextConfig, "text_encoder"))
+            if not cfg.train_text_encoder:
+                raise ConfigError("train_text_encoder: false needs text_encoder to be a pretrained directory")
+        text_dim = text.dim if text is not None else self.frozen_text.dim  # type: ignore[union-attr]
+        dcfg = _preset(cfg.dit, DIT_PRESETS, DiTConfig, "dit")
+        if isinstance(cfg.dit, str):  # a preset adapts to the latent channels and text width
+            dcfg = dataclasses.replace(dcfg, in_channels=channels, out_channels=channels, text_dim=text_dim)
+        if dcfg.in_channels != channels or dcfg.text_dim != text_dim:
+            raise ConfigError(
+                f"dit: in_channels={dcfg.in_channels}, text_dim={dcfg.text_dim} but the latents have "
+                f"{channels} channels and the text encoder width is {text_dim}"
+            )
+        dit = VideoDiT(dcfg)
+        dit.gradient_checkpointing = cfg.grad_checkpointing
+        self.model = TextToVideoModel(dit, text)
+        if cfg.init_from:
+            self._init_from(Path(cfg.init_from))
+        self.model.to(device)
+        self.stats = latent_stats(self.vae, device)
+
+    def _init_from(self, d: Path) -> None:
+        from tubelet.models.hub import assign_state_dict, load_safetensors
+
+        tdir = d / "transformer" if (d / "transformer").is_dir() else d
+        assign_state_dict(self.model.dit, load_safetensors(tdir / "model.safetensors"), str(tdir))
+        if self.model.text is not None and (d / "text_encoder" / "model.safetensors").is_file():
+            sd = load_safetensors(d / "text_encoder" / "model.safetensors")
+            assign_state_dict(self.model.text, sd, str(d / "text_encoder"))
+
+    def submodules(self) -> list[nn.Module]:
+        return [self.model.dit]
+
+    @torch.no_grad()
+    def to_latents(self, batch: dict[str, Any]) -> torch.Tensor:
+        """(B, C, F', H', W') normalised latents for a batch of videos or cached latents."""
+        if "latents" in batch:
+            z = batch["latents"].to(self.device, torch.float32)
+        else:
+            video = batch["video"].to(self.device, torch.float32)  # (B, 3, F, H, W) in [-1, 1]
+            z = self.vae.encode(video) if self.vae is not None else video
+        if self.stats is not None:
+            z = (z - self.stats[0]) / self.stats[1]
+        return z
+
+    def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.model.text is not None:
+            ids, mask = self.model.text.tokenize(captions)
+            return ids.to(self.device), mask.to(self.device)
+        with torch.no_grad():
+            emb = self.frozen_text.encode(captions)  # type: ignore[union-attr]
+        return emb.context.to(self.device, torch.float32), emb.mask.to(self.device)
+
+    def _cached_text(self, batch: dict[str, Any], captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen text embeddings from a latent cache; dropped captions get the empty prompt's."""
+        ctx = batch["context"].to(self.device, torch.float32)  # (B, L, D)
+        mask = batch["mask"].to(self.device)  # (B, L)
+        dropped = [i for i, c in enumerate(captions) if c == "" and batch["caption"][i] != ""]
+        if dropped:
+            u_ctx, u_mask = self.encode_text([""])
+            n = min(u_ctx.shape[1], ctx.shape[1])
+            for i in dropped:
+                ctx[i].zero_()
+                mask[i] = False
+                ctx[i, :n] = u_ctx[0, :n]
+                mask[i, :n] = u_mask[0, :n]
+        return ctx, mask
+
+    def loss(
+        self, wrapped: nn.Module, batch: dict[str, Any], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict]:
+        from tubelet.diffusion.flow import (
+            drop_captions,
+            flow_matching_loss,
+            sample_known_frames,
+            sample_timesteps,
+        )
+
+        x0 = self.to_latents(batch)
+        b, c, f, h, w = x0.shape
+        p = self.model.dit.config.patch_size
+        tokens = (f // p[0]) * (h // p[1]) * (w // p[2])
+        # Every rank draws the randomness of the whole global batch from the same generator and
+        # keeps its slice, so N processes see exactly what one process with N times the batch sees.
+        world, rank = self.world_size, self.rank
+        lo, hi = rank * b, (rank + 1) * b
+        noise = torch.randn((world * b, c, f, h, w), generator=generator)[lo:hi]
+        s = sample_timesteps(world * b, self.cfg.flow, generator, tokens)[lo:hi]
+        keep = drop_captions(["x"] * (world * b), self.cfg.flow.caption_dropout, generator)[lo:hi]
+        known = sample_known_frames(world * b, f, self.cfg.flow, generator)[lo:hi]
+        captions = [cap if k else "" for cap, k in zip(batch["caption"], keep)]
+        if "context" in batch and self.model.text is None:
+            ctx, mask = self._cached_text(batch, captions)
+        else:
+            ctx, mask = self.encode_text(captions)
+        loss, _ = flow_matching_loss(
+            wrapped, x0, ctx, mask, cfg=self.cfg.flow, known_frames=known if known.any() else None,
+            num_tokens=tokens, noise=noise, s=s,
+        )  # fmt: skip
+        return loss, {"tokens": b * tokens, "samples": b}
+
+    def pipeline(self, model: TextToVideoModel):
+        """A generation pipeline around (EMA) weights in `model`, for samples and export."""
+        from tubelet.pipeline import PipelineConfig, TextToVideoPipeline
+
+        text = model.text if model.text is not None else self.frozen_text
+        bucket = max(self.cfg.data.buckets, key=lambda b: b.frames)
+        pcfg = PipelineConfig(
+            height=bucket.height,
+            width=bucket.width,
+            num_frames=bucket.frames,
+            fps=self.cfg.data.fps,
+            num_inference_steps=self.cfg.samples.steps,
+            guidance_scale=self.cfg.samples.guidance_scale,
+            sampler=self.cfg.samples.sampler,
+            shift=self.cfg.flow.shift,
+            flow=dataclasses.asdict(self.cfg.flow),
+        )
+        return TextToVideoPipeline(model.dit, text, self.vae, pcfg)
+
+    def write_samples(self, model: TextToVideoModel, out_dir: Path, step: int) -> list[Path]:
+        prompts = self.cfg.samples.prompts
+        if not prompts:
+            return []
+        pipe = self.pipeline(model)
+        paths = []
+        for i, prompt in enumerate(prompts):
+            res = pipe(prompt, seed=self.cfg.samples.seed + i, progress=False)
+            paths.append(res.save(out_dir / f"step-{step:07d}-{i:02d}.mp4"))
+        return paths
+
+    def export(self, model: TextToVideoModel, out: Path) -> Path:
+        pipe = self.pipeline(model)
+        pipe.save_pretrained(out, text_encoder_dir=self.text_dir)
+        return out
+
+
+class VAETask:
+    """Causal video VAE training: L1 (or MSE) reconstruction + KL to N(0, I)."""
+
+    name = "vae"
+
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+        from tubelet.models.vae import VAE_PRESETS, CausalVideoVAE, VAEConfig
+
+        self.cfg = cfg
+        self.device = device
+        vcfg = _preset(cfg.vae, VAE_PRESETS, VAEConfig, "vae")
+        vae = CausalVideoVAE(vcfg)
+        if cfg.init_from:
+            from tubelet.models.hub import assign_state_dict, load_safetensors
+
+            d = Path(cfg.init_from)
+            d = d / "vae" if (d / "vae").is_dir() else d
+            assign_state_dict(vae, load_safetensors(d / "model.safetensors"), str(d))
+        self.model = vae.to(device)
+        self._fixed: torch.Tensor | None = None
+
+    def submodules(self) -> list[nn.Module]:
+        return []
+
+    def loss(
+        self, wrapped: nn.Module, batch: dict[str, Any], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict]:
+        from tubelet.models.vae import gaussian_kl
+
+        video = batch["video"].to(self.device, torch.float32)  # (B, 3, F, H, W)
+        if self._fixed is None:
+            self._fixed = video[:2].detach().cpu()
+        recon, mean, logvar = wrapped(video, sample_posterior=True, generator=generator)
+        diff = recon.float() - video
+        rec = diff.abs().mean() if self.cfg.recon_loss == "l1" else diff.square().mean()
+        kl = gaussian_kl(mean.float(), logvar.float()).mean() / video[0].numel()
+        loss = rec + self.cfg.kl_weight * kl
+        b, _, f, h, w = video.shape
+        return loss, {"tokens": b * f * h * w, "samples": b, "rec": rec.detach(), "kl": kl.detach()}
+
+    @torch.no_grad()
+    def write_samples(self, model: nn.Module, out_dir: Path, step: int) -> list[Path]:
+        from tubelet.io import write_video
+
+        if self._fixed is None:
+            return []
+        video = self._fixed.to(self.device)
+        recon = model.decode(model.encode(video)).clamp(-1, 1)
+        pair = torch.cat([video, recon], dim=-1)  # side by side: input | reconstruction
+        paths = []
+        for i in range(pair.shape[0]):
+            frames = ((pair[i].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().cpu().numpy()
+            paths.append(
+                write_video(
+                    out_dir / f"step-{step:07d}-{i:02d}.mp4", frames, self.cfg.data.fps, sidecar=False
+                )
+            )
+        return paths
+
+    @torch.no_grad()
+    def export(self, model: nn.Module, out: Path, batches: list[torch.Tensor] | None = None) -> Path:
+        """Save the VAE with per-channel latent mean/std measured on `batches` (the pipeline's normalisation)."""
+        if batches:
+            zs = torch.cat(
+                [model.encode(b.to(self.device)).float().transpose(0, 1).flatten(1) for b in batches], 1
+            )
+            model.config = dataclasses.replace(
+                model.config,
+                latents_mean=tuple(zs.mean(1).tolist()),
+                latents_std=tuple(zs.std(1).clamp_min(1e-4).tolist()),
+            )
+        model.save_pretrained(out)
+        return out
+
+
+def build_task(
+    cfg: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1
+) -> DiTTask | VAETask:
+    if cfg.task == "dit":
+        return DiTTask(cfg, device, rank, world_size)
+    if cfg.task == "vae":
+        return VAETask(cfg, device)
+    raise ConfigError(f"unknown task {cfg.task!r}; expected 'dit' or 'vae'")
+
+
+def copy_dir(src: Path, dst: Path) -> None:
+    if not src.is_dir():
+        raise ModelLoadError(f"{src}: directory not found")
+    shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -1,0 +1,401 @@
+"""The one training loop (DiT or VAE, one process or many under torchrun).
+
+    run = train(cfg, data_dir, run_dir, resume=True)
+
+Why it looks the way it does:
+- The learning rate is a pure function of the step (no scheduler object): resuming is exact
+  and the schedule is visible in one place.
+- Every source of randomness that shapes a step (noise, timesteps, caption dropout, task mix)
+  comes from one seeded `torch.Generator` that is checkpointed, plus the data position; so a
+  run killed at any point and resumed ends with the same weights as an uninterrupted one
+  (same world size, num_workers 0 or deterministic workers).
+- A non-finite loss or gradient skips the step on every rank (the decision is all-reduced) and
+  is counted; `max_bad_steps` in a row stop the run with the last good checkpoint intact.
+- Checkpoints hold gathered full state dicts, so DDP, FSDP2 and single-process runs read each
+  other's checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tubelet.config import config_to_dict
+from tubelet.errors import TubeletError
+from tubelet.train import checkpoint as ckpt
+from tubelet.train.config import TrainConfig
+from tubelet.train.ema import EMA
+from tubelet.train.parallel import DistInfo, all_reduce_mean, apply_parallelism, init_distributed
+from tubelet.train.tasks import build_task
+
+log = logging.getLogger("tubelet.train")
+
+
+class TrainingError(TubeletError):
+    """The run cannot go on (e.g. repeated NaN losses); the last good checkpoint is intact."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    model_dir: Path | None
+    bad_steps: int
+    skipped_files: int
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warm-up, then the schedule."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return o.lr
+    progress = (step - o.warmup_steps) / max(1, cfg.max_steps - o.warmup_steps)
+    progress = min(max(progress, 0.0), 1.0)
+    if o.schedule == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * progress))
+    else:
+        factor = 1.0 - progress
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * factor)
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "fp32":
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return None if cfg.precision == "auto" else torch.bfloat16
+    if device.type in ("cuda", "cpu") or cfg.precision == "bf16":
+        return torch.bfloat16
+    return None
+
+
+class _Batches:
+    """Endless iterator over the loader's epochs, with the loader's exact position as state."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self._it = None
+
+    def __next__(self) -> dict[str, Any]:
+        while True:
+            if self._it is None:
+                self._it = iter(self.loader)
+            try:
+                return next(self._it)
+            except StopIteration:
+                self._it = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state)
+        self._it = None
+
+
+def build_batches(cfg: TrainConfig, data_dir: Path | None, info: DistInfo) -> tuple[Any, Any]:
+    """The data source: a latent cache (`cfg.cache`) or a folder of videos."""
+    from tubelet.data.dataset import BucketBatchSampler, VideoDataset, make_loader
+
+    where = cfg.cache or data_dir
+    if cfg.cache:
+        from tubelet.data.cache import LatentCacheDataset
+
+        ds: Any = LatentCacheDataset(cfg.cache, cfg.data)
+        sampler = BucketBatchSampler(
+            ds.bucket_ids(), [b.batch_size for b in cfg.data.buckets], seed=cfg.seed,
+            rank=info.rank, world_size=info.world_size,
+        )  # fmt: skip
+        source: Any = _CacheBatches(ds, sampler)
+    else:
+        if data_dir is None:
+            raise TubeletError("no training data: give --data DIR (or `cache:` in the config)")
+        ds = VideoDataset(data_dir, cfg.data, progress=info.is_main)
+        sampler = BucketBatchSampler(ds, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
+        source = _Batches(make_loader(ds, sampler))
+    if len(ds) == 0:
+        raise TubeletError(f"{where}: no usable training samples (run `tubelet data check`)")
+    if len(sampler) == 0:
+        raise TubeletError(
+            f"{where}: {len(ds)} samples are fewer than one batch of any bucket "
+            f"({[(b.frames, b.height, b.width, b.batch_size) for b in cfg.data.buckets]} x {info.world_size} ranks)"
+        )
+    return source, ds
+
+
+class _CacheBatches:
+    """Endless batches from an in-memory latent cache (no workers needed, so no prefetch)."""
+
+    def __init__(self, ds: Any, sampler: Any) -> None:
+        self.ds, self.sampler, self._it = ds, sampler, None
+
+    def __next__(self) -> dict[str, Any]:
+        from tubelet.data.cache import collate_latents
+
+        while True:
+            if self._it is None:
+                self._it = iter(self.sampler)
+            try:
+                return collate_latents([self.ds[i] for i in next(self._it)])
+            except StopIteration:
+                self._it = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+        self._it = None
+
+
+@contextlib.contextmanager
+def _no_grad_sync(model: nn.Module, active: bool):
+    """Skip the gradient all-reduce on accumulation micro-steps (DDP no_sync / FSDP2 flag)."""
+    if not active:
+        yield
+    elif hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def _metrics_writer(run: Path, info: DistInfo):
+    if not info.is_main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(run / "tensorboard"))
+    except Exception:  # tensorboard is optional
+        log.info("tensorboard is not installed: metrics go to metrics.jsonl only")
+        return None
+
+
+def train(
+    cfg: TrainConfig,
+    data_dir: str | Path | None,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Train `cfg` on `data_dir` into `run_dir` (see the module docstring)."""
+    run = Path(run_dir)
+    info = init_distributed(cfg.device)
+    device = info.device
+    torch.manual_seed(cfg.seed + info.rank)
+    generator = torch.Generator().manual_seed(cfg.seed * 7919)  # same on every rank (see DiTTask.loss)
+
+    if info.is_main:
+        existing = ckpt.list_checkpoints(run)
+        if existing and not resume:
+            raise TubeletError(
+                f"{run} already has checkpoints; pass --resume to continue it or choose a new --out"
+            )
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "samples").mkdir(exist_ok=True)
+        (run / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1) + "\n", encoding="utf-8")
+
+    task = build_task(cfg, device, info.rank, info.world_size)
+    model = task.model
+    model.train()
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    wrapped = apply_parallelism(
+        model, info, mode=cfg.parallel, compile=cfg.compile, submodules=task.submodules()
+    )
+    params = [p for p in wrapped.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optim = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.optim.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        eps=cfg.optim.eps,
+    )
+    batches, dataset = build_batches(cfg, Path(data_dir) if data_dir else None, info)
+
+    step, bad_total = 0, 0
+    last = ckpt.latest_checkpoint(run) if resume else None
+    if last is not None:
+        state, ema_sd = ckpt.load_checkpoint(last, info=info, model=wrapped, optim=optim, generator=generator)
+        step, bad_total = int(state["step"]), int(state.get("bad_steps", 0))
+        batches.load_state_dict(state["data"])
+        if ema is not None and ema_sd is not None:
+            ema.load_state_dict(ema_sd, int(state.get("ema_updates", step)))
+        if info.is_main:
+            log.info("resumed from %s at step %d", last, step)
+
+    def save(at: int) -> None:
+        ema_sd = ema.state_dict() if ema is not None else None
+        state = {
+            "step": at,
+            "data": batches.state_dict(),
+            "bad_steps": bad_total,
+            "ema_updates": ema.num_updates if ema is not None else 0,
+            "config": config_to_dict(cfg),
+        }
+        ckpt.save_checkpoint(
+            run, at, info=info, model=wrapped, optim=optim, ema_state=ema_sd,
+            trainer_state=state, generator=generator, keep_last=cfg.keep_last,
+        )  # fmt: skip
+
+    amp = autocast_dtype(cfg, device)
+    writer = _metrics_writer(run, info)
+    metrics = open(run / "metrics.jsonl", "a", encoding="utf-8") if info.is_main else None
+    bar = None
+    if progress and info.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {task.name}", dynamic_ncols=True)
+    bad_run, window_t, window_samples, window_tokens = 0, time.perf_counter(), 0, 0
+    try:
+        while step < cfg.max_steps:
+            lr = lr_at(step, cfg)
+            for group in optim.param_groups:
+                group["lr"] = lr
+            total = torch.zeros((), device=device)
+            extra: dict[str, float] = {}
+            for micro in range(cfg.grad_accum):
+                batch = next(batches)
+                with _no_grad_sync(wrapped, micro < cfg.grad_accum - 1):
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        loss, stats = task.loss(wrapped, batch, generator)
+                    (loss / cfg.grad_accum).backward()
+                total += loss.detach().float() / cfg.grad_accum
+                window_samples += stats["samples"] * info.world_size
+                window_tokens += stats["tokens"] * info.world_size
+                for k in ("rec", "kl"):
+                    if k in stats:
+                        extra[k] = float(stats[k])
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+                grad_norm = grad_norm.full_tensor()
+            finite = torch.isfinite(total) & torch.isfinite(grad_norm.to(device))
+            if info.distributed:
+                flag = finite.float()
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+                finite = flag > 0
+            if not bool(finite):
+                optim.zero_grad(set_to_none=True)
+                bad_run += 1
+                bad_total += 1
+                log.warning("step %d: non-finite loss or gradient (%d in a row); step skipped", step, bad_run)
+                if bad_run >= cfg.max_bad_steps:
+                    last_good = ckpt.latest_checkpoint(run)
+                    raise TrainingError(
+                        f"loss was NaN/inf for {bad_run} steps in a row at step {step}; stopping. "
+                        f"Last good checkpoint: {last_good or 'none yet'}. Try a lower optim.lr or fp32."
+                    )
+                continue
+            bad_run = 0
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(wrapped)
+            step += 1
+
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                loss_v = all_reduce_mean(float(total), info)
+                dt = max(time.perf_counter() - window_t, 1e-9)
+                rec = {
+                    "step": step,
+                    "loss": loss_v,
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "samples_per_s": window_samples / dt,
+                    "tokens_per_s": window_tokens / dt,
+                    "bad_steps": bad_total,
+                    **extra,
+                }
+                window_t, window_samples, window_tokens = time.perf_counter(), 0, 0
+                if metrics is not None:
+                    metrics.write(json.dumps(rec) + "\n")
+                    metrics.flush()
+                if writer is not None:
+                    for k, v in rec.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr:.2e}", sps=f"{rec['samples_per_s']:.1f}")
+            if bar is not None:
+                bar.update(1)
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+                save(step)
+            if cfg.samples.every and step % cfg.samples.every == 0 and info.is_main:
+                _samples(task, model, ema, run, step)
+        save(step)
+        model_dir = None
+        if info.is_main:
+            _samples(task, model, ema, run, step)
+            model_dir = _export(task, model, ema, run, batches)
+    finally:
+        if bar is not None:
+            bar.close()
+        if metrics is not None:
+            metrics.close()
+        if writer is not None:
+            writer.close()
+    skipped = dataset.stats().get("skipped_unreadable", 0) if hasattr(dataset, "stats") else 0
+    if isinstance(skipped, (list, dict)):
+        skipped = len(skipped)
+    if info.is_main and skipped:
+        log.warning("%d unreadable file(s) were skipped during training", skipped)
+    return RunResult(run, step, model_dir, bad_total, int(skipped))
+
+
+def _eval_copy(task: Any, model: nn.Module, ema: EMA | None) -> nn.Module:
+    """A plain (unwrapped, unsharded) copy of the model holding the EMA weights when EMA is on."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    if ema is not None:
+        ema.copy_to(clone)
+    return clone.eval()
+
+
+def _samples(task: Any, model: nn.Module, ema: EMA | None, run: Path, step: int) -> None:
+    try:
+        with torch.no_grad():
+            task.write_samples(_eval_copy(task, model, ema), run / "samples", step)
+    except TubeletError:
+        raise
+    except Exception as e:  # samples are for people watching the run; never kill training for them
+        log.warning("could not write samples at step %d: %s", step, e)
+
+
+def _export(task: Any, model: nn.Module, ema: EMA | None, run: Path, batches: _Batches) -> Path:
+    out = run / "model"
+    clone = _eval_copy(task, model, ema)
+    if task.name == "vae":
+        stats_batches = [next(batches)["video"] for _ in range(4)]
+        task.export(clone, out, stats_batches)
+    else:
+        task.export(clone, out)
+    return out
+
+
+def default_num_threads() -> None:
+    """Use all cores for intra-op parallelism unless the user set OMP_NUM_THREADS."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
