@@ -19,7 +19,7 @@ from tubelet.models.layers import (
     get_attention_backend,
     linear,
     rope_angles_3d,
-    rope_cos_sin,
+    rope_freqs,
     set_attention_backend,
     timestep_embedding,
 )
@@ -389,11 +389,15 @@ def test_rope_matches_diffusers_tables():
     head_dim, grid = 32, (3, 4, 5)
     ref = WanRotaryPosEmbed(head_dim, (1, 2, 2), max_seq_len=64)
     cos_ref, sin_ref = ref(torch.zeros(1, 1, grid[0], 2 * grid[1], 2 * grid[2]))  # (1, N, 1, hd)
-    cos, sin = rope_cos_sin(rope_angles_3d(grid, head_dim), "cpu")  # (N, 1, hd/2)
-    assert torch.equal(cos[:, 0], cos_ref[0, :, 0, 0::2]) and torch.equal(sin[:, 0], sin_ref[0, :, 0, 1::2])
-    # Rotation preserves the norm of every channel pair and is the identity at position 0.
-    x = torch.randn(2, cos.shape[0], 3, head_dim)
-    y = apply_rope(x, cos, sin)
+    freqs = rope_freqs(rope_angles_3d(grid, head_dim), "cpu")  # (N, 1, hd/2) complex64
+    assert torch.equal(freqs.real[:, 0], cos_ref[0, :, 0, 0::2]) and torch.equal(freqs.imag[:, 0], sin_ref[0, :, 0, 1::2])
+    # Same rotation as diffusers' real-arithmetic formula; preserves every channel pair's norm.
+    x = torch.randn(2, freqs.shape[0], 3, head_dim)
+    y = apply_rope(x, freqs)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    c, s_ = cos_ref[0, :, :, 0::2], sin_ref[0, :, :, 1::2]
+    torch.testing.assert_close(y[..., 0::2], x1 * c - x2 * s_, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(y[..., 1::2], x1 * s_ + x2 * c, rtol=1e-6, atol=1e-6)
     pair_norm = lambda z: z.unflatten(-1, (-1, 2)).norm(dim=-1)  # noqa: E731
     torch.testing.assert_close(pair_norm(y), pair_norm(x))
     assert torch.equal(y[:, 0], x[:, 0])

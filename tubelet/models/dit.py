@@ -38,7 +38,7 @@ from tubelet.models.layers import (
     linear,
     modulated_layer_norm,
     rope_angles_3d,
-    rope_cos_sin,
+    rope_freqs,
     timestep_embedding,
 )
 
@@ -124,12 +124,12 @@ class SelfAttention(nn.Module):
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor) -> Tensor:
         b, n, d = x.shape
         h = self.num_heads
         q, k, v = linear(x, self.qkv).split(d, dim=-1)  # (B, N, D) each (views)
-        q = apply_rope(self.norm_q(q).view(b, n, h, -1), *rope)  # (B, N, H, hd)
-        k = apply_rope(self.norm_k(k).view(b, n, h, -1), *rope)
+        q = apply_rope(self.norm_q(q).view(b, n, h, -1), rope)  # (B, N, H, hd)
+        k = apply_rope(self.norm_k(k).view(b, n, h, -1), rope)
         v = v.view(b, n, h, -1)
         o = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, N, hd)
         return linear(o.transpose(1, 2).reshape(b, n, d), self.out)
@@ -176,7 +176,7 @@ class DiTBlock(nn.Module):
         x: Tensor,
         context: Tensor,
         time_mod: Tensor,
-        rope: tuple[Tensor, Tensor],
+        rope: Tensor,
         context_mask: Tensor | None,
     ) -> Tensor:
         """x: (B, T, S, D) tokens in T timestep groups; context: (B, L, D); time_mod: (B, T, 6, D)."""
@@ -216,18 +216,18 @@ class VideoDiT(nn.Module, PretrainedMixin):
         self.head_modulation = nn.Parameter(torch.randn(2, c.dim) / c.dim**0.5)  # shift, scale
         self.proj_out = nn.Linear(c.dim, c.out_channels * c.patch_volume)
         self.gradient_checkpointing = False
-        self._rope_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._rope_cache: dict[tuple, Tensor] = {}
 
     # ---------------------------------------------------------------------------------------
-    def rope_tables(self, grid: tuple[int, int, int], device: torch.device) -> tuple[Tensor, Tensor]:
-        """cos/sin (F'H'W', 1, head_dim/2) float32 for a token grid, cached per (grid, device)."""
+    def rope_tables(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
+        """Complex64 rotations (F'H'W', 1, head_dim/2) for a token grid, cached per (grid, device)."""
         key = (grid, str(device))
         tables = self._rope_cache.get(key)
         if tables is None:
             if len(self._rope_cache) >= 16:
                 self._rope_cache.clear()
             angles = rope_angles_3d(grid, self.config.head_dim, self.config.rope_theta)
-            tables = rope_cos_sin(angles, device)
+            tables = rope_freqs(angles, device)
             self._rope_cache[key] = tables
         return tables
 

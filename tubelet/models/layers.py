@@ -250,24 +250,25 @@ def rope_angles_3d(grid: tuple[int, int, int], head_dim: int, theta: float = 100
     return angles.reshape(f * h * w, head_dim // 2)
 
 
-def rope_cos_sin(angles: Tensor, device: torch.device | str, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-    """cos/sin tables (N, 1, head_dim/2) in `dtype` on `device` from float64 angles (N, head_dim/2)."""
-    cos = angles.cos().to(dtype)[:, None, :]
-    sin = angles.sin().to(dtype)[:, None, :]
-    return cos.to(device), sin.to(device)
+def rope_freqs(angles: Tensor, device: torch.device | str) -> Tensor:
+    """Unit rotations cos + i*sin as complex64 (N, 1, head_dim/2) on `device`.
+
+    cos and sin are evaluated in float64 and rounded to float32 (the values Wan uses).
+    """
+    freqs = torch.complex(angles.cos().float(), angles.sin().float())[:, None, :]
+    return freqs.to(device)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
     """Rotate interleaved channel pairs (2i, 2i+1) of every head by the token's angle.
 
-    x: (B, N, H, d); cos, sin: (N, 1, d/2) float32. Computes in float32 (a no-op cast for fp32
-    input) and returns x's dtype, contiguous (B, N, H, d).
+    x: (B, N, H, d) any float dtype; freqs: complex64 (N, 1, d/2) from `rope_freqs`. The pair
+    (a, b) becomes (a cos - b sin, a sin + b cos), computed in float32 as one complex multiply;
+    returns x's dtype, contiguous (B, N, H, d).
     """
     b, n, h, d = x.shape
-    xf = x.float().reshape(b, n, h, d // 2, 2)
-    x1, x2 = xf.unbind(-1)  # (B, N, H, d/2) each
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, N, H, d/2, 2)
-    return out.reshape(b, n, h, d).to(x.dtype)
+    xc = torch.view_as_complex(x.float().reshape(b, n, h, d // 2, 2))  # (B, N, H, d/2)
+    return torch.view_as_real(xc * freqs).reshape(b, n, h, d).to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------

@@ -54,14 +54,6 @@ class EMA:
                 s.copy_(src)
         self.num_updates = num_updates
 
-    @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        """Write the EMA weights into `model` (same structure, plain tensors)."""
-        params = dict(model.named_parameters())
-        for n, s in zip(self.names, self.shadow, strict=True):
-            key = _strip(n, "")
-            params[key].copy_(_full(s).to(params[key].dtype))
-
 
 def _strip(name: str, prefix: str) -> str:
     for p in ("module.", "_orig_mod.", prefix):

@@ -18,6 +18,7 @@ Why it looks the way it does:
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -201,7 +202,7 @@ def train(
     run = Path(run_dir)
     info = init_distributed(cfg.device)
     device = info.device
-    torch.manual_seed(cfg.seed + info.rank)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (FSDP shards them as they are)
     generator = torch.Generator().manual_seed(cfg.seed * 7919)  # same on every rank (see DiTTask.loss)
 
     if info.is_main:
@@ -217,10 +218,13 @@ def train(
     task = build_task(cfg, device, info.rank, info.world_size)
     model = task.model
     model.train()
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    # An unsharded twin on the meta device: samples and the exported model are built from it
+    # and the gathered weights, whatever the wrapper (DDP, FSDP2) did to `model`.
+    eval_twin = copy.deepcopy(model).to("meta")
     wrapped = apply_parallelism(
         model, info, mode=cfg.parallel, compile=cfg.compile, submodules=task.submodules()
     )
+    ema = EMA(wrapped, cfg.ema_decay) if cfg.ema_decay else None  # after sharding: same placements
     params = [p for p in wrapped.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -234,6 +238,7 @@ def train(
         eps=cfg.optim.eps,
     )
     batches, dataset = build_batches(cfg, Path(data_dir) if data_dir else None, info)
+    torch.manual_seed(cfg.seed * 1_000_003 + info.rank)  # per-rank stream for data-side randomness
 
     step, bad_total = 0, 0
     last = ckpt.latest_checkpoint(run) if resume else None
@@ -342,13 +347,14 @@ def train(
                 bar.update(1)
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
                 save(step)
-            if cfg.samples.every and step % cfg.samples.every == 0 and info.is_main:
-                _samples(task, model, ema, run, step)
+            if cfg.samples.every and step % cfg.samples.every == 0:
+                _samples(task, _eval_model(eval_twin, wrapped, ema, info), run, step)
         save(step)
         model_dir = None
-        if info.is_main:
-            _samples(task, model, ema, run, step)
-            model_dir = _export(task, model, ema, run, batches)
+        final = _eval_model(eval_twin, wrapped, ema, info)
+        if final is not None:
+            _samples(task, final, run, step)
+            model_dir = _export(task, final, run, batches)
     finally:
         if bar is not None:
             bar.close()
@@ -364,34 +370,37 @@ def train(
     return RunResult(run, step, model_dir, bad_total, int(skipped))
 
 
-def _eval_copy(task: Any, model: nn.Module, ema: EMA | None) -> nn.Module:
-    """A plain (unwrapped, unsharded) copy of the model holding the EMA weights when EMA is on."""
-    import copy
-
-    clone = copy.deepcopy(model)
+def _eval_model(twin: nn.Module, wrapped: nn.Module, ema: EMA | None, info: DistInfo) -> nn.Module | None:
+    """Rank 0 gets a plain model with the (EMA) weights; every rank must call this (gathering is collective)."""
+    state = ckpt.gather_model_state(wrapped)
     if ema is not None:
-        ema.copy_to(clone)
-    return clone.eval()
+        state.update(ema.state_dict())
+    if not info.is_main:
+        return None
+    model = copy.deepcopy(twin).to_empty(device=info.device)
+    model.load_state_dict({k: v.to(info.device) for k, v in state.items()})
+    return model.eval()
 
 
-def _samples(task: Any, model: nn.Module, ema: EMA | None, run: Path, step: int) -> None:
+def _samples(task: Any, model: nn.Module | None, run: Path, step: int) -> None:
+    if model is None:
+        return
     try:
         with torch.no_grad():
-            task.write_samples(_eval_copy(task, model, ema), run / "samples", step)
+            task.write_samples(model, run / "samples", step)
     except TubeletError:
         raise
     except Exception as e:  # samples are for people watching the run; never kill training for them
         log.warning("could not write samples at step %d: %s", step, e)
 
 
-def _export(task: Any, model: nn.Module, ema: EMA | None, run: Path, batches: _Batches) -> Path:
+def _export(task: Any, model: nn.Module, run: Path, batches: Any) -> Path:
     out = run / "model"
-    clone = _eval_copy(task, model, ema)
     if task.name == "vae":
         stats_batches = [next(batches)["video"] for _ in range(4)]
-        task.export(clone, out, stats_batches)
+        task.export(model, out, stats_batches)
     else:
-        task.export(clone, out)
+        task.export(model, out)
     return out
 
 
