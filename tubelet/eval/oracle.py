@@ -14,11 +14,12 @@ Method (numpy / scipy / OpenCV only):
    coverage = projection of (pixel - background) onto (object colour - background), clipped to
    [0, 1]. Sums of coverage survive anti-aliasing, h264 blur and pixel noise. From it: the area,
    the centroid, the widest row and tallest column (the box), fill = area / box (circle ~0.785,
-   square 1, triangle ~0.5-0.6) and the skewness of the vertical mass profile (apex-up triangle
-   ~ -0.57, circle and square ~0, an upside-down triangle +0.57);
+   square 1, triangle ~0.5-0.6), the skewness of the vertical mass profile (apex-up triangle
+   ~ -0.57, circle and square ~0, an upside-down triangle +0.57) and a corner measure, the
+   kurtosis of the mass along the diagonals minus along the axes (square ~0.6, disc 0);
 5. components of one colour are linked into tracks across frames (the per-colour object count is
    the most common per-frame count; frames with that count are linked by optimal assignment); per
-   track: shape from skew (triangle) then fill (square / circle), size from the box side relative to
+   track: shape from skew (triangle) then fill + corners (square / circle), size from the box side relative to
    the frame's short side, motion from a least-squares line through the centroids (total
    displacement < `STILL_THRESHOLD` of the frame = still, else the dominant axis and its sign);
 6. prompt objects are matched to tracks by optimal assignment: colour first, then shape, size and
@@ -64,7 +65,7 @@ BG_MIN_FRACTION = 0.35  # the background colour must cover at least this share o
 STILL_THRESHOLD = 0.08  # total displacement (fraction of the frame) below which an object is still
 MIN_AREA_FACTOR = 0.35  # components smaller than this times a small triangle's area are ignored
 SIZE_EDGES = (0.195, 0.29)  # box side / short side: small < 0.195 <= medium < 0.29 <= big
-FILL_EDGES = (0.66, 0.9)  # symmetric shapes by fill ratio: other < 0.66 <= circle < 0.9 <= square
+FILL_MIN = 0.66  # symmetric shapes filling less of their box than this: "other"
 SKEW_TRIANGLE = 0.2  # skew below -0.2: an apex-up triangle; above +0.2: not a shapes-world shape
 ASPECT_RANGE = (0.6, 1.6)  # widest row / tallest column outside this range: "other"
 
@@ -125,6 +126,7 @@ class Track:
     frames: int  # frames in which it was seen
     fill: float  # soft area / (widest row x tallest column): circle ~0.785, square 1, triangle 0.5
     skew: float  # skewness of the vertical mass profile: apex-up triangle ~ -0.57, circle / square 0
+    corner: float  # diagonal minus axis kurtosis of the mass: square ~ +0.6, circle ~ 0
     aspect: float  # widest row / tallest column
     side: float  # median box side as a fraction of the frame's short side
 
@@ -181,6 +183,13 @@ class _Detection:
     side_x: float  # widest row (sum of coverage), pixels
     side_y: float  # tallest column, pixels
     skew: float  # skewness of the row profile (apex-up triangle ~ -0.57, symmetric shapes 0)
+    corner: float  # diagonal minus axis kurtosis of the mass (square ~ +0.6, circle 0)
+
+
+def _kurtosis(alpha: np.ndarray, p: np.ndarray, area: float) -> float:
+    m2 = float((alpha * p * p).sum()) / area
+    m4 = float((alpha * p**4).sum()) / area
+    return m4 / (m2 * m2) if m2 > 1e-9 else 0.0
 
 
 def _soft_features(
@@ -213,7 +222,14 @@ def _soft_features(
     var = float((rows * (ys - my) ** 2).sum() / area)
     m3 = float((rows * (ys - my) ** 3).sum() / area)
     skew = m3 / var**1.5 if var > 1e-9 else 0.0
-    return _Detection(x0 + mx, y0 + my, area, float(rows.max()), float(cols.max()), skew)
+    # corners: a square's mass profile is flat along the axes (kurtosis 1.8) and triangular along
+    # the diagonals (2.4); a disc's is the same in every direction (2.0)
+    dx = (xs - mx)[None, :]  # (1, w)
+    dy = (ys - my)[:, None]  # (h, 1)
+    k_axes = _kurtosis(alpha, dx + 0 * dy, area) + _kurtosis(alpha, dy + 0 * dx, area)
+    k_diag = _kurtosis(alpha, (dx + dy) / np.sqrt(2), area) + _kurtosis(alpha, (dx - dy) / np.sqrt(2), area)
+    corner = (k_diag - k_axes) / 2
+    return _Detection(x0 + mx, y0 + my, area, float(rows.max()), float(cols.max()), skew, corner)
 
 
 def _components(
@@ -258,18 +274,18 @@ def _components(
     return out
 
 
-def _classify_shape(fill: float, skew: float, aspect: float) -> str:
+def _classify_shape(fill: float, skew: float, corner: float, aspect: float) -> str:
     if not ASPECT_RANGE[0] <= aspect <= ASPECT_RANGE[1]:
         return "other"  # elongated: not a shapes-world shape
     if skew < -SKEW_TRIANGLE:
         return "triangle"
     if skew > SKEW_TRIANGLE:
         return "other"  # e.g. an upside-down triangle
-    if fill >= FILL_EDGES[1]:
-        return "square"
-    if fill >= FILL_EDGES[0]:
-        return "circle"
-    return "other"
+    if fill < FILL_MIN:
+        return "other"
+    # squareness: 0 for a disc, 1 for a square, from the corner kurtosis and the fill ratio together
+    squareness = 0.5 * (corner / 0.6 + (fill - np.pi / 4) / (1 - np.pi / 4))
+    return "square" if squareness >= 0.5 else "circle"
 
 
 def _classify_size(side: float) -> str:
@@ -313,7 +329,9 @@ def detect_objects(frames: np.ndarray, labels: np.ndarray | None = None) -> list
                 links[r].append((t, per_frame[t][col]))
         for lk in links:
             ts = np.array([t for t, _ in lk], np.float64)
-            det = np.array([[d.cx, d.cy, d.area, d.side_x, d.side_y, d.skew] for _, d in lk])  # (n, 6)
+            det = np.array(
+                [[d.cx, d.cy, d.area, d.side_x, d.side_y, d.skew, d.corner] for _, d in lk]
+            )  # (n, 7)
             if len(ts) >= 2 and t_len > 1:
                 span = t_len - 1
                 dx = float(np.polyfit(ts, det[:, 0] / w, 1)[0] * span)
@@ -328,18 +346,20 @@ def detect_objects(frames: np.ndarray, labels: np.ndarray | None = None) -> list
                 motion = "down" if dy > 0 else "up"
             fill = float(np.median(det[:, 2] / (det[:, 3] * det[:, 4])))
             skew = float(np.median(det[:, 5]))
+            corner = float(np.median(det[:, 6]))
             aspect = float(np.median(det[:, 3] / det[:, 4]))
             side = float(np.median(np.maximum(det[:, 3], det[:, 4]))) / short
             tracks.append(
                 Track(
                     color=name,
-                    shape=_classify_shape(fill, skew, aspect),
+                    shape=_classify_shape(fill, skew, corner, aspect),
                     size=_classify_size(side),
                     motion=motion,
                     displacement=(dx, dy),
                     frames=len(ts),
                     fill=fill,
                     skew=skew,
+                    corner=corner,
                     aspect=aspect,
                     side=side,
                 )

@@ -10,10 +10,11 @@ CPU performance notes (measured on a 2-core AMD EPYC with AVX-512 BF16, torch 2.
 * MKL's fp32 GEMM (what `F.linear` uses for fp32 on CPU) runs at about half the speed of
   oneDNN's on AMD CPUs; `linear()` therefore routes inference-mode CPU matmuls through oneDNN
   when the build has it, fused with the GELU when one follows.
-* bfloat16 attention over long sequences is faster as two oneDNN bf16 batched matmuls around a
-  softmax (the "math" route) than through the fused CPU flash kernel; `attention()` picks it for
-  CPU bf16/fp16 self-attention in inference mode and keeps the logits in float32 where it
-  matters (see `_attention_cpu_lowp`).
+* bfloat16 attention over long sequences runs about twice as fast as two oneDNN bf16 matmuls
+  around a softmax as through the fused CPU flash kernel (which has no fast bf16 path without
+  AMX); `attention()` picks that route for CPU bf16 attention in inference mode. It rounds
+  the scores to bf16 (the flash kernel keeps them in fp32); end to end the model's bf16 error
+  stays below diffusers' (see docs/performance.md).
 """
 
 from __future__ import annotations
@@ -46,34 +47,37 @@ def _attention_sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Ten
     return F.scaled_dot_product_attention(q, k, v, attn_mask=_expand_key_mask(mask, q, k))
 
 
-def _attention_cpu_lowp(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """bf16/fp16 attention on CPU: scores and P @ V as oneDNN bf16 batched matmuls.
+_LOWP_BLOCK_ELEMENTS = 1 << 24  # score-matrix elements per step of the CPU low-precision route
 
-    q, k, v: (B, H, N, d). The scores are rounded to the compute dtype by the matmul, the
-    softmax runs in float32 internally; the probabilities are rounded to the compute dtype
-    before P @ V exactly as the fused flash kernel does.
+
+def _attention_cpu_lowp(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """bf16 attention on CPU as oneDNN bf16 matmuls around a softmax.
+
+    q, k, v: (B, H, N, d). One (batch, head, query block) at a time: S = (q / sqrt(d)) k^T
+    (fp32 accumulation, rounded to the compute dtype), P = softmax(S) (computed in fp32, rounded
+    like the fused flash kernel rounds P), O = P v. Query blocks keep S within a fixed budget.
     """
     b, h, nq, d = q.shape
     nk = k.shape[2]
-    scale = 1.0 / math.sqrt(d)
+    qs = (q.float() * (1.0 / math.sqrt(d))).to(q.dtype)  # (B, H, Nq, d), one rounding
     out = torch.empty((b, nq, h, d), dtype=q.dtype, device=q.device)  # (B, Nq, H, d)
     keep = None if mask is None else _expand_key_mask(mask, q, k)
-    # One (batch, head) at a time keeps the (Nq, Nk) score matrix in cache.
+    step = max(1, min(nq, _LOWP_BLOCK_ELEMENTS // max(nk, 1)))
     for i in range(b):
         for j in range(h):
-            s = torch.mm(q[i, j], k[i, j].transpose(0, 1))  # (Nq, Nk)
-            if keep is not None:
-                s = s.masked_fill(~keep[i, 0], float("-inf"))
-            p = torch.softmax(s.mul_(scale) if keep is None else s * scale, dim=-1)
-            torch.mm(p, v[i, j], out=out[i, :, j])
-    del nk
+            kt = k[i, j].transpose(0, 1)  # (d, Nk)
+            for s0 in range(0, nq, step):
+                s = torch.mm(qs[i, j, s0 : s0 + step], kt)  # (n, Nk)
+                if keep is not None:
+                    s.masked_fill_(~keep[i, 0], float("-inf"))
+                torch.mm(torch.softmax(s, dim=-1), v[i, j], out=out[i, s0 : s0 + step, j])
     return out.transpose(1, 2)  # (B, H, Nq, d)
 
 
 def _attention_auto(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     if (
         q.device.type == "cpu"
-        and q.dtype in (torch.bfloat16, torch.float16)
+        and q.dtype == torch.bfloat16
         and q.shape[2] >= 256
         and k.shape[2] >= 256
         and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
@@ -191,7 +195,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # contiguous(): the fused CPU kernel is orders of magnitude slower on strided input.
+        return F.rms_norm(x.contiguous(), (x.shape[-1],), self.weight, self.eps)
 
 
 def modulated_layer_norm(x: Tensor, scale: Tensor, shift: Tensor, eps: float) -> Tensor:

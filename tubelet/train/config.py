@@ -135,6 +135,26 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
 }
 
 
+# The embedded default model (docs/model-card.md): first the VAE, then the DiT on its cached latents.
+#   tubelet data shapes --out data/shapes --num 20000 --seed 1000
+#   tubelet train --preset shapes-vae --data data/shapes --out runs/shapes-vae
+#   tubelet data cache data/shapes --model runs/shapes-vae/model --preset shapes-t2v --out cache/shapes
+#   tubelet train --preset shapes-t2v --set cache=cache/shapes --set vae_path=runs/shapes-vae/model --out runs/shapes-t2v
+TRAIN_PRESETS["shapes-vae"] = TrainConfig(
+    task="vae",
+    vae={"base_dim": 32, "z_dim": 16, "dim_mult": [1, 2, 2, 2], "num_res_blocks": 1},
+    data=DataConfig(fps=8.0, buckets=[Bucket(9, 64, 64, 6)], num_workers=1, random_start=True),
+    optim=OptimConfig(lr=5e-4, warmup_steps=100, schedule="constant", grad_clip=1.0),
+    kl_weight=1e-4,
+    ema_decay=0.998,
+    precision="fp32",  # the VAE's convolutions use oneDNN directly in float32 on the CPU
+    max_steps=2000,
+    log_every=10,
+    save_every=200,
+    samples=SampleConfig(every=500),
+)
+
+
 def resolve_train_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
