@@ -170,9 +170,10 @@ def test_bfloat16_close_to_float32(pair):
 
 
 def tiny_model(seed=0, **overrides) -> VideoDiT:
-    cfg = dit_config({**_tiny_dict(), **overrides})
-    torch.manual_seed(seed)
-    return VideoDiT(cfg).eval()
+    """Tiny model with every weight random (a fresh model's zero head would hide most behaviour)."""
+    model = VideoDiT(dit_config({**_tiny_dict(), **overrides})).eval()
+    randomise_(model, seed)
+    return model
 
 
 def _tiny_dict():
@@ -201,6 +202,16 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.config == model.config
     with torch.no_grad():
         assert torch.equal(loaded(x, t, ctx), before)
+
+
+def test_fresh_model_predicts_zero_velocity():
+    """Wan's initialisation zeroes the output projection; the Xavier init covers each fused q/k/v part."""
+    model = VideoDiT(dit_config(_tiny_dict())).eval()
+    x, t, ctx = inputs(1, 2, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(model(x, t, ctx), torch.zeros_like(x))
+    w = model.blocks[0].self_attn.qkv.weight  # (3D, D): each (D, D) part has bound sqrt(6 / 2D)
+    assert w.abs().max() <= math.sqrt(6 / (2 * 32)) and w.abs().max() > math.sqrt(6 / (4 * 32))
 
 
 def test_gradients_reach_every_parameter():
@@ -237,8 +248,8 @@ def test_per_frame_t_equal_values_equals_scalar_t():
         scalar = model(x, t, ctx)
         per_frame = model(x, t[:, None].expand(2, 5), ctx)
         scalar_0d = model(x[:1], torch.tensor(120.0), ctx[:1])
-    torch.testing.assert_close(per_frame, scalar, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(scalar_0d, scalar[:1], rtol=1e-5, atol=1e-6)
+    assert rel_err(per_frame, scalar) <= TOL
+    assert rel_err(scalar_0d, scalar[:1]) <= TOL
 
 
 def test_per_frame_t_conditions_each_frame():
@@ -261,15 +272,15 @@ def test_context_mask_hides_tokens():
         masked = model(x, t, ctx, mask)
         scrambled = ctx.clone()
         scrambled[~mask] = torch.randn(int((~mask).sum()), TEXT_DIM) * 10
-        assert torch.allclose(model(x, t, scrambled, mask), masked, rtol=1e-5, atol=1e-6)
+        assert rel_err(model(x, t, scrambled, mask), masked) <= TOL
         # Same as giving each sample only its real tokens.
         for i, n in enumerate((4, 7)):
             alone = model(x[i : i + 1], t[i : i + 1], ctx[i : i + 1, :n])
-            torch.testing.assert_close(masked[i : i + 1], alone, rtol=1e-5, atol=1e-6)
+            assert rel_err(masked[i : i + 1], alone) <= TOL
         # An all-True mask is the same as no mask; the masked tokens did matter without a mask.
         full = torch.ones(2, 9, dtype=torch.bool)
-        torch.testing.assert_close(model(x, t, ctx, full), model(x, t, ctx), rtol=1e-6, atol=1e-7)
-        assert not torch.allclose(model(x, t, scrambled), masked)
+        assert rel_err(model(x, t, ctx, full), model(x, t, ctx)) <= TOL
+        assert rel_err(model(x, t, scrambled), masked) > 1e-2
 
 
 @pytest.mark.parametrize(
@@ -390,7 +401,9 @@ def test_rope_matches_diffusers_tables():
     ref = WanRotaryPosEmbed(head_dim, (1, 2, 2), max_seq_len=64)
     cos_ref, sin_ref = ref(torch.zeros(1, 1, grid[0], 2 * grid[1], 2 * grid[2]))  # (1, N, 1, hd)
     freqs = rope_freqs(rope_angles_3d(grid, head_dim), "cpu")  # (N, 1, hd/2) complex64
-    assert torch.equal(freqs.real[:, 0], cos_ref[0, :, 0, 0::2]) and torch.equal(freqs.imag[:, 0], sin_ref[0, :, 0, 1::2])
+    assert torch.equal(freqs.real[:, 0], cos_ref[0, :, 0, 0::2]) and torch.equal(
+        freqs.imag[:, 0], sin_ref[0, :, 0, 1::2]
+    )
     # Same rotation as diffusers' real-arithmetic formula; preserves every channel pair's norm.
     x = torch.randn(2, freqs.shape[0], 3, head_dim)
     y = apply_rope(x, freqs)

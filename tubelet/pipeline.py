@@ -13,11 +13,43 @@ A pipeline directory holds one subfolder per component plus its own `config.json
     text_encoder/  ByteTextEncoder or HFTextEncoder (see tubelet.models.text)
     vae/           CausalVideoVAE      (absent for a pixel-space model)
     config.json    {"_class": "TextToVideoPipeline", ...}
+
+Conditioning (the tasks of Sora's report) all goes through ONE mechanism, the one the model is trained
+with (`tubelet.diffusion.flow`): some latent frames are *known*; the sampler feeds them clean with
+noise level 0 and keeps them exactly, and the model fills in the rest::
+
+    pipe.image_to_video(p, image)                  latent 0 = encode(image as a 1-frame clip)
+    pipe.image_to_video(p, image, last_image=b)    ... and the last latent = still encoding of b
+    pipe.extend(p, clip)                           known prefix = encode(the clip's last 1 + 4(k-1) frames)
+    pipe.extend(p, clip, backward=True)            known suffix = still encoding of the clip's first 4k frames
+    pipe.loop(p)                                   two passes: the clip leads back into its own first frame
+    pipe.connect(p, a, b)                          prefix from a's tail + suffix from b's head
+    pipe.edit(p, clip, strength=0.6)               SDEdit: noise the clip's latents, run the last 60% of steps
+
+Latent frames and video frames (causal VAE, temporal factor tf = 4): latent 0 is video frame 0 encoded
+alone (an image encodes exactly like frame 0 of a clip), latent j >= 1 is the group of frames
+[1 + tf (j - 1), 1 + tf j). A pixel-space model has tf = 1 (a latent frame is a frame).
+
+Still (group) encoding: a latent j >= 1 stands for tf frames that come *after* earlier frames, but a
+clip's head or a last image has no past. `_encode_groups` encodes ``[first frame] + frames`` and drops
+the first latent, i.e. the frames are encoded as if a still of their first frame came before them.
+This is an approximation (the generated past differs), used for the last image, backward extension,
+the head of the second clip of `connect`, and the closing frame of `loop`. The known latents are kept
+exactly; the decoded pixels of known frames reproduce the input up to the VAE's reconstruction error.
+
+Inputs of another size are center-cropped to the output's aspect ratio and resized, exactly like the
+training data (`tubelet.data.dataset.frames_to_tensor`); clips of another frame rate are resampled by
+timestamps to the model's fps. Each such change is reported once through
+`TextToVideoPipeline.on_note` (default: a logging warning) and listed under "notes" in the result's
+metadata, together with the task, the inputs (source, size, fps, frames at the model's fps), the
+known latent frames and which output frames are new.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -34,6 +66,8 @@ from tubelet.errors import ConfigError, ModelLoadError, TubeletError
 from tubelet.models.hub import read_config_json
 
 DEFAULT_MODEL_NAME = "shapes-t2v"
+
+logger = logging.getLogger(__name__)
 
 
 def default_model_dir() -> Path:
@@ -64,11 +98,16 @@ class PipelineConfig:
 
 @dataclass
 class VideoResult:
-    """One generated clip: frames (T, H, W, 3) uint8, fps and the settings that made it."""
+    """One generated clip: frames (T, H, W, 3) uint8, fps and the settings that made it.
+
+    `latents` holds the sampled normalised latents (C, F', H', W') on the CPU (for `loop`, F' + 1:
+    the closing latent frame is sampled but not decoded); it is not written by `save`.
+    """
 
     frames: np.ndarray
     fps: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    latents: torch.Tensor | None = None
 
     def save(self, path: str | Path) -> Path:
         """Write mp4 (or gif) with the settings in the container metadata and a sidecar json."""
@@ -77,8 +116,85 @@ class VideoResult:
         return write_video(path, self.frames, self.fps, metadata=self.metadata)
 
 
+# ----------------------------------------------------------------------------------------------- #
+# Input frames: size and frame rate
+# ----------------------------------------------------------------------------------------------- #
+
+
+def _check_uint8_frames(frames: Any, what: str) -> np.ndarray:
+    arr = np.asarray(frames)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or 0 in arr.shape:
+        raise TubeletError(
+            f"{what}: expected uint8 RGB frames (T, H, W, 3) with T, H, W >= 1, got {arr.dtype} {arr.shape}"
+        )
+    return arr
+
+
+def resample_frames(frames: np.ndarray, src_fps: float, dst_fps: float) -> np.ndarray:
+    """Resample frames (T, ...) shown at `src_fps` to `dst_fps` by timestamps.
+
+    Output frame j is the source frame on screen at time j / dst_fps (frames are dropped or repeated);
+    the output covers the same duration, T / src_fps seconds.
+    """
+    if not (src_fps > 0 and dst_fps > 0):
+        raise TubeletError(f"frame rates must be > 0, got {src_fps} and {dst_fps}")
+    t = frames.shape[0]
+    n = max(1, math.ceil(t * dst_fps / src_fps - 1e-9))
+    idx = np.minimum(np.floor(np.arange(n) * src_fps / dst_fps + 1e-9).astype(np.int64), t - 1)
+    return frames[idx]
+
+
+class _Progress:
+    """One tqdm bar over all sampling passes of a call (`passes` passes of equal length)."""
+
+    def __init__(self, enabled: bool, passes: int = 1) -> None:
+        self.enabled, self.passes = enabled, passes
+        self.bar: Any = None
+
+    def begin(self, steps: int) -> None:
+        if self.enabled and self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=steps * self.passes, desc="generating", leave=False, dynamic_ncols=True)
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@dataclass
+class _Job:
+    """The resolved settings of one generation call."""
+
+    prompts: list[str]
+    single: bool  # a single prompt string was given: return one result, not a list
+    negative: str
+    num_frames: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    sampler: str
+    seed: int | list[int] | None
+    generators: list[torch.Generator]  # one shared by the batch, or one per prompt
+    text: tuple[Any, ...] | None = None  # encoded prompts, cached between passes
+
+
 class TextToVideoPipeline:
-    """Generation around a VideoDiT, a text encoder and (optionally) a causal VAE."""
+    """Generation around a VideoDiT, a text encoder and (optionally) a causal VAE.
+
+    `__call__` is text-to-video; `image_to_video`, `extend`, `connect`, `loop` and `edit` are the
+    conditioning tasks (module doc). All take the same generation keywords (seed, num_frames, height,
+    width, num_inference_steps, guidance_scale, negative_prompt, sampler, generator, callback, progress)
+    and return a `VideoResult` per prompt (a list for a list of prompts).
+    """
 
     def __init__(
         self,
@@ -95,6 +211,8 @@ class TextToVideoPipeline:
         self.config = config or PipelineConfig()
         self.compute_dtype = compute_dtype
         self.source = ""
+        # Called once per adjusted input (resize, frame-rate change, trimming); None: a logging warning.
+        self.on_note: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -227,7 +345,7 @@ class TextToVideoPipeline:
         width: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
-        seed: int | None = None,
+        seed: int | list[int] | None = None,
         generator: torch.Generator | None = None,
         sampler: str | None = None,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
@@ -240,93 +358,470 @@ class TextToVideoPipeline:
     ) -> VideoResult | list[VideoResult]:
         """Generate one clip per prompt (a list of prompts makes a batch, returned as a list).
 
-        Same seed and settings give the same clip. `known_latents`/`known_mask` (B, F') keep latent
-        frames fixed (image-to-video, extension, loops); `start_latents` + `strength` start from a
-        partially noised clip (SDEdit editing).
+        Same seed and settings give the same clip. `seed` may be a list with one seed per prompt: each
+        clip's noise then comes from its own generator, so a clip does not depend on its batch.
+        `known_latents` (1 or B, C, F', H', W') with `known_mask` (1 or B, F') bool keep latent frames
+        fixed; `start_latents` (1 or B, ...) + `strength` start from a partially noised clip (SDEdit).
+        The task methods (`image_to_video`, `extend`, `loop`, `connect`, `edit`) build these for you.
         """
-        from tubelet.diffusion.sampling import SAMPLERS, flow_schedule, make_velocity_fn, sdedit_start
+        job = self._job(
+            prompt, negative_prompt, num_frames, height, width, num_inference_steps, guidance_scale,
+            seed, generator, sampler,
+        )  # fmt: skip
+        shape = self.latent_shape(job.num_frames, job.height, job.width)
+        b = len(job.prompts)
+        if (known_latents is None) != (known_mask is None):
+            raise TubeletError("pass known_latents and known_mask together (or neither)")
+        known = self._batched(known_latents, b, shape, "known_latents")
+        mask = None
+        if known_mask is not None:
+            mask = known_mask.to(self.device, torch.bool)
+            if mask.dim() != 2 or mask.shape[1] != shape[1] or mask.shape[0] not in (1, b):
+                raise ValueError(f"known_mask has shape {tuple(mask.shape)}; expected (1 or {b}, {shape[1]})")
+            mask = mask.expand(b, -1)
+        start = self._batched(start_latents, b, shape, "start_latents")
+        if strength is not None and start is None:
+            raise TubeletError("strength is only used with start_latents (SDEdit); pass both")
+        task = "t2v" if known is None and start is None else "conditioned"
+        extra = {"task": task, **(extra_metadata or {})}
+        return self._run(
+            job, shape, extra, known=known, mask=mask, start=start,
+            strength=1.0 if strength is None else strength, callback=callback, progress=progress,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ conditioning tasks
+    @torch.no_grad()
+    def image_to_video(
+        self,
+        prompt: str | list[str],
+        image: Any = None,
+        *,
+        last_image: Any = None,
+        **kwargs: Any,
+    ) -> VideoResult | list[VideoResult]:
+        """Animate `image` (the first frame), optionally ending on `last_image`.
+
+        `image` / `last_image`: a path (an image, or a video whose first frame is used), a uint8
+        (H, W, 3) array or a PIL image. Other keywords as for `__call__` (seed, num_frames, ...).
+        Latent 0 is the image encoded as a 1-frame clip, so the first output frame is exactly
+        decode(encode(image)) (the VAE's reconstruction of the resized image). `last_image` fixes the
+        last latent frame to the still encoding of the image (see the module doc: the last tf frames
+        are encoded as if preceded by the same image) and needs num_frames >= 1 + 2 tf. `last_image`
+        alone gives a clip that ends on it.
+        """
+        callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
+        job = self._job(prompt, **kwargs)
+        c, f, h, w = shape = self.latent_shape(job.num_frames, job.height, job.width)
+        if image is None and last_image is None:
+            raise TubeletError("image_to_video needs an image, a last_image, or both")
+        task = "first_last" if image is not None and last_image is not None else "i2v"
+        task = "last_frame" if image is None else task
+        need = 3 if task == "first_last" else 2
+        if f < need:
+            raise TubeletError(
+                f"{task} needs at least {need} latent frames: num_frames >= {self._video_frames(need)}, "
+                f"got {job.num_frames}"
+            )
+        self._check_conditioning()
+        notes: list[str] = []
+        inputs: dict[str, Any] = {}
+        known = torch.zeros(1, c, f, h, w, device=self.device)
+        mask = torch.zeros(1, f, dtype=torch.bool, device=self.device)
+        if image is not None:
+            img, inputs["image"] = self._load_image(image, "image", job, notes)
+            known[:, :, :1] = self.encode_video(self._pixels(img[None], job.height, job.width))
+            mask[:, 0] = True
+        if last_image is not None:
+            img, inputs["last_image"] = self._load_image(last_image, "last_image", job, notes)
+            known[:, :, -1:] = self._encode_still(self._pixels(img[None], job.height, job.width))
+            mask[:, -1] = True
+        extra = {"task": task, "inputs": inputs}
+        return self._run(
+            job, shape, extra, known=known, mask=mask, notes=notes, callback=callback, progress=progress
+        )
+
+    @torch.no_grad()
+    def extend(
+        self,
+        prompt: str | list[str],
+        video: Any,
+        *,
+        backward: bool = False,
+        context_latents: int | None = None,
+        **kwargs: Any,
+    ) -> VideoResult | list[VideoResult]:
+        """Continue `video` forward in time (or, with `backward=True`, generate what came before it).
+
+        `video`: a path, a `tubelet.io.Video` / `VideoResult` (frames + fps; resampled to the model's
+        fps if needed) or a uint8 (T, H, W, 3) array taken to be at the model's fps. The output has
+        num_frames frames and includes the known part: forward, the first 1 + tf (k - 1) output frames
+        are the input's last frames (latents = encode of that tail, exactly as frame 0.. of a clip);
+        backward, the last tf k output frames are the input's first tf k frames (still encoding, see
+        the module doc). `metadata["new_frames"]` lists the generated frame range. `context_latents`
+        = k, the known latent frames (default: half the output, at most what the input holds).
+        """
+        callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
+        job = self._job(prompt, **kwargs)
+        c, f, h, w = shape = self.latent_shape(job.num_frames, job.height, job.width)
+        task = "extend_backward" if backward else "extend_forward"
+        if f < 2:
+            raise TubeletError(
+                f"{task} needs at least 2 latent frames: num_frames >= {self._video_frames(2)}, got {job.num_frames}"
+            )
+        self._check_conditioning()
+        notes: list[str] = []
+        clip, info = self._load_clip(video, "video", job, notes)
+        tf, n_in = self._tf, len(clip)
+        avail = n_in // tf if backward else 1 + (n_in - 1) // tf
+        k = self._context(context_latents, max(1, f // 2), f - 1, avail, info["source"], n_in, backward)
+        known = torch.zeros(1, c, f, h, w, device=self.device)
+        mask = torch.zeros(1, f, dtype=torch.bool, device=self.device)
+        if backward:
+            n = tf * k
+            known[:, :, f - k :] = self._encode_groups(self._pixels(clip[:n], job.height, job.width))
+            mask[:, f - k :] = True
+        else:
+            n = self._video_frames(k)
+            known[:, :, :k] = self.encode_video(self._pixels(clip[n_in - n :], job.height, job.width))
+            mask[:, :k] = True
+        extra = {"task": task, "inputs": {"video": info}, "context_latents": k, "context_frames": n}
+        return self._run(
+            job, shape, extra, known=known, mask=mask, notes=notes, callback=callback, progress=progress
+        )
+
+    @torch.no_grad()
+    def connect(
+        self,
+        prompt: str | list[str],
+        video_a: Any,
+        video_b: Any,
+        *,
+        context_latents: int | None = None,
+        **kwargs: Any,
+    ) -> VideoResult | list[VideoResult]:
+        """A transition from the end of `video_a` to the start of `video_b`.
+
+        Known prefix: encode of a's last 1 + tf (k - 1) frames; known suffix: still encoding of b's
+        first tf k frames (k = `context_latents` per side, default max(1, (F' - 1) // 3), at least one
+        latent frame is generated). Inputs as for `extend`; needs num_frames >= 1 + 2 tf.
+        """
+        callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
+        job = self._job(prompt, **kwargs)
+        c, f, h, w = shape = self.latent_shape(job.num_frames, job.height, job.width)
+        if f < 3:
+            raise TubeletError(
+                f"connect needs at least 3 latent frames: num_frames >= {self._video_frames(3)}, got {job.num_frames}"
+            )
+        self._check_conditioning()
+        notes: list[str] = []
+        a, info_a = self._load_clip(video_a, "video_a", job, notes)
+        b, info_b = self._load_clip(video_b, "video_b", job, notes)
+        tf, default, most = self._tf, max(1, (f - 1) // 3), (f - 1) // 2
+        ka = self._context(
+            context_latents, default, most, 1 + (len(a) - 1) // tf, info_a["source"], len(a), False
+        )
+        kb = self._context(context_latents, default, most, len(b) // tf, info_b["source"], len(b), True)
+        na, nb = self._video_frames(ka), tf * kb
+        known = torch.zeros(1, c, f, h, w, device=self.device)
+        mask = torch.zeros(1, f, dtype=torch.bool, device=self.device)
+        known[:, :, :ka] = self.encode_video(self._pixels(a[len(a) - na :], job.height, job.width))
+        known[:, :, f - kb :] = self._encode_groups(self._pixels(b[:nb], job.height, job.width))
+        mask[:, :ka] = True
+        mask[:, f - kb :] = True
+        extra = {
+            "task": "connect",
+            "inputs": {"video_a": info_a, "video_b": info_b},
+            "context_latents": [ka, kb],
+            "context_frames": [na, nb],
+        }
+        return self._run(
+            job, shape, extra, known=known, mask=mask, notes=notes, callback=callback, progress=progress
+        )
+
+    @torch.no_grad()
+    def loop(self, prompt: str | list[str], **kwargs: Any) -> VideoResult | list[VideoResult]:
+        """A seamless loop: played repeatedly, the last frame leads back into the first.
+
+        Two passes. Pass 1 is the plain text-to-video sample (same seed -> same first frame as
+        `pipe(prompt, seed=...)`). Pass 2 samples F' + 1 latent frames with latent 0 kept from pass 1
+        and the extra closing latent = the still encoding of frame 0 (the first_last task); the
+        closing latent is not decoded, so the num_frames output frames end right before the clip
+        returns to its first frame. Twice the sampling cost of one clip.
+        """
+        callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
+        job = self._job(prompt, **kwargs)
+        shape = self.latent_shape(job.num_frames, job.height, job.width)
+        f = shape[1]
+        if f < 2:
+            raise TubeletError(
+                f"loop needs at least 2 latent frames: num_frames >= {self._video_frames(2)}, got {job.num_frames}"
+            )
+        self._check_conditioning()
+        closed = self.latent_shape(self._video_frames(f + 1), job.height, job.width)  # (C, F' + 1, H', W')
+        b = len(job.prompts)
+        with _Progress(progress, passes=2) as bar:
+            z1, _ = self._sample(job, self._noise(job, shape), progress=bar, callback=callback)
+            first = self.decode(z1[:, :, :1])  # (B, 3, 1, H, W): frame 0 (the decoder is causal)
+            known = torch.zeros(b, *closed, device=self.device)
+            known[:, :, :1] = z1[:, :, :1]
+            known[:, :, -1:] = self._encode_still(first)
+            mask = torch.zeros(b, f + 1, dtype=torch.bool, device=self.device)
+            mask[:, 0] = mask[:, -1] = True
+            z, shift = self._sample(
+                job, self._noise(job, closed), known=known, mask=mask, progress=bar, callback=callback
+            )
+        extra = {
+            "task": "loop",
+            "known_latent_frames": [0, f],
+            "new_frames": [[1, job.num_frames]],
+            "closing_latent": f"latent frame {f} (still encoding of frame 0) is sampled, not decoded",
+        }
+        return self._finish(job, z, shift, extra, decode=z[:, :, :f])
+
+    @torch.no_grad()
+    def edit(
+        self, prompt: str | list[str], video: Any, *, strength: float = 0.6, **kwargs: Any
+    ) -> VideoResult | list[VideoResult]:
+        """SDEdit: re-generate `video` under `prompt`, keeping its layout and motion to a degree.
+
+        The clip is encoded, noised to the level where the last floor(strength * steps) steps of the
+        schedule start, and sampled from there. strength 0 returns the input re-decoded
+        (decode(encode(clip))); strength 1 ignores it (plain text-to-video from its noise).
+        num_frames defaults to the input's length rounded down to 1 + tf k frames.
+        """
+        callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
+        if not 0.0 <= float(strength) <= 1.0:
+            raise TubeletError(f"edit strength must be in [0, 1], got {strength}")
+        requested = kwargs.pop("num_frames", None)
+        job = self._job(prompt, **kwargs)
+        self._check_conditioning()
+        notes: list[str] = []
+        clip, info = self._load_clip(video, "video", job, notes)
+        n_in, tf = len(clip), self._tf
+        if requested is None:
+            job.num_frames = 1 + tf * ((n_in - 1) // tf)
+        elif requested > n_in:
+            raise TubeletError(
+                f"{info['source']}: has {n_in} frames at {self.config.fps:g} fps, fewer than num_frames={requested}"
+            )
+        else:
+            job.num_frames = requested
+        shape = self.latent_shape(job.num_frames, job.height, job.width)
+        if job.num_frames < n_in:
+            self._note(notes, f"{info['source']}: editing its first {job.num_frames} of {n_in} frames")
+        start = self.encode_video(self._pixels(clip[: job.num_frames], job.height, job.width))
+        extra = {
+            "task": "edit",
+            "inputs": {"video": info},
+            "strength": float(strength),
+            "new_frames": [[0, job.num_frames]] if strength > 0 else [],
+        }
+        return self._run(
+            job, shape, extra, start=start, strength=float(strength), notes=notes, callback=callback,
+            progress=progress,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ generation internals
+    def _job(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | None = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | list[int] | None = None,
+        generator: torch.Generator | None = None,
+        sampler: str | None = None,
+    ) -> _Job:
+        """Resolve a call's settings against the model's defaults, with clear errors."""
+        from tubelet.diffusion.sampling import SAMPLERS
 
         cfg = self.config
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise TubeletError("no prompt given")
-        num_frames = num_frames or cfg.num_frames
-        height = height or cfg.height
-        width = width or cfg.width
-        steps = num_inference_steps or cfg.num_inference_steps
-        g = cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
+        if not all(isinstance(p, str) for p in prompts):
+            raise TubeletError("prompts must be strings")
+        steps = cfg.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
         sampler_name = sampler or cfg.sampler
         if sampler_name not in SAMPLERS:
             raise TubeletError(f"unknown sampler {sampler_name!r}; available: {sorted(SAMPLERS)}")
         if steps < 1:
             raise TubeletError(f"num_inference_steps must be >= 1, got {steps}")
-        negative = cfg.negative_prompt if negative_prompt is None else negative_prompt
-        if generator is None:
+        if isinstance(seed, (list, tuple)):
+            if generator is not None:
+                raise TubeletError("pass either a list of seeds or a generator, not both")
+            if len(seed) != len(prompts):
+                raise TubeletError(f"got {len(seed)} seeds for {len(prompts)} prompts; pass one per prompt")
+            seed = [int(s) for s in seed]
+            gens = [torch.Generator().manual_seed(s) for s in seed]
+        elif generator is not None:
+            gens = [generator]
+        else:
             if seed is None:
                 seed = int(torch.randint(0, 2**31 - 1, ()).item())
-            generator = torch.Generator().manual_seed(seed)
-        c, f, h, w = self.latent_shape(num_frames, height, width)
-        b = len(prompts)
-        dev = self.device
-        noise = torch.randn((b, c, f, h, w), generator=generator, dtype=torch.float32).to(dev)
+            gens = [torch.Generator().manual_seed(int(seed))]
+        return _Job(
+            prompts=prompts,
+            single=isinstance(prompt, str),
+            negative=cfg.negative_prompt if negative_prompt is None else negative_prompt,
+            num_frames=num_frames or cfg.num_frames,
+            height=height or cfg.height,
+            width=width or cfg.width,
+            steps=steps,
+            guidance=cfg.guidance_scale if guidance_scale is None else float(guidance_scale),
+            sampler=sampler_name,
+            seed=seed,
+            generators=gens,
+        )
 
-        ctx, mask = self.encode_prompts(prompts)
-        u_ctx = u_mask = None
-        if g != 1.0:
-            u_ctx, u_mask = self.encode_prompts([negative])
-        p = self.transformer.config.patch_size
-        tokens = (f // p[0]) * (h // p[1]) * (w // p[2])
-        sigmas = flow_schedule(steps, self.shift_for(tokens))
-        model = self._model_fn()
-        fn = make_velocity_fn(model, ctx, mask, guidance_scale=g, uncond_context=u_ctx, uncond_mask=u_mask)
-        x = noise
-        if start_latents is not None:
-            x, sigmas = sdedit_start(
-                start_latents.to(dev), noise, 1.0 if strength is None else strength, sigmas
+    def _noise(self, job: _Job, shape: tuple[int, int, int, int]) -> torch.Tensor:
+        """Initial noise (B, C, F', H', W') drawn on each generator's device, moved to the model's."""
+        b = len(job.prompts)
+        if len(job.generators) == 1:
+            g = job.generators[0]
+            return torch.randn((b, *shape), generator=g, device=g.device).to(self.device)
+        parts = [torch.randn((1, *shape), generator=g, device=g.device) for g in job.generators]
+        return torch.cat(parts).to(self.device)
+
+    def _batched(
+        self, z: torch.Tensor | None, b: int, shape: tuple[int, int, int, int], name: str
+    ) -> torch.Tensor | None:
+        """Validate (1 or B, C, F', H', W') latents and expand them to the batch."""
+        if z is None:
+            return None
+        if z.dim() != 5 or tuple(z.shape[1:]) != tuple(shape) or z.shape[0] not in (1, b):
+            raise ValueError(
+                f"{name} has shape {tuple(z.shape)}; expected (1 or {b}, {', '.join(map(str, shape))})"
             )
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+        return z.to(self.device, torch.float32).expand(b, -1, -1, -1, -1)
 
-            bar = tqdm(total=len(sigmas) - 1, desc="generating", leave=False, dynamic_ncols=True)
+    def _sample(
+        self,
+        job: _Job,
+        noise: torch.Tensor,
+        *,
+        known: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        start: torch.Tensor | None = None,
+        strength: float = 1.0,
+        progress: _Progress,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    ) -> tuple[torch.Tensor, float]:
+        """One sampling pass from `noise` (B, C, F', H', W'): returns (latents, shift used)."""
+        from tubelet.diffusion.sampling import SAMPLERS, flow_schedule, make_velocity_fn, sdedit_start
+
+        if job.text is None:
+            ctx, cmask = self.encode_prompts(job.prompts)
+            u_ctx = u_mask = None
+            if job.guidance != 1.0:
+                u_ctx, u_mask = self.encode_prompts([job.negative])
+            job.text = (ctx, cmask, u_ctx, u_mask)
+        ctx, cmask, u_ctx, u_mask = job.text
+        _, _, f, h, w = noise.shape
+        p = self.transformer.config.patch_size
+        shift = self.shift_for((f // p[0]) * (h // p[1]) * (w // p[2]))
+        sigmas = flow_schedule(job.steps, shift)
+        fn = make_velocity_fn(
+            self._model_fn(),
+            ctx,
+            cmask,
+            guidance_scale=job.guidance,
+            uncond_context=u_ctx,
+            uncond_mask=u_mask,
+        )
+        x = noise
+        if start is not None:
+            x, sigmas = sdedit_start(start, noise, strength, sigmas)
+        progress.begin(len(sigmas) - 1)
 
         def on_step(i: int, n: int, xi: torch.Tensor) -> None:
-            if bar is not None:
-                bar.update(1)
+            progress.step()
             if callback is not None:
                 callback(i, n, xi)
 
-        try:
-            if len(sigmas) > 1:
-                x = SAMPLERS[sampler_name](
-                    fn, x, sigmas, known=known_latents, known_mask=known_mask, callback=on_step
-                )
-        finally:
-            if bar is not None:
-                bar.close()
-        video = self.decode(x)  # (B, 3, F, H, W) in [-1, 1]
+        if len(sigmas) > 1:
+            x = SAMPLERS[job.sampler](fn, x, sigmas, known=known, known_mask=mask, callback=on_step)
+        return x, shift
+
+    def _run(
+        self,
+        job: _Job,
+        shape: tuple[int, int, int, int],
+        extra: dict[str, Any],
+        *,
+        known: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        start: torch.Tensor | None = None,
+        strength: float = 1.0,
+        notes: list[str] | None = None,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        progress: bool = True,
+    ) -> VideoResult | list[VideoResult]:
+        """One sampling pass of latents `shape` (C, F', H', W'), decoded into results.
+
+        known (1 or B, C, F', H', W') + mask (1 or B, F'): frames kept; start (1 or B, ...) +
+        strength: SDEdit. Both are shared by (expanded to) the batch.
+        """
+        b = len(job.prompts)
+        extra = dict(extra)
+        if known is not None and mask is not None:
+            known, mask = known.expand(b, -1, -1, -1, -1), mask.expand(b, -1)
+            extra.setdefault("known_latent_frames", [i for i in range(shape[1]) if bool(mask[0, i])])
+            extra.setdefault("new_frames", self._new_frames(mask[0]))
+        if start is not None:
+            start = start.expand(b, -1, -1, -1, -1)
+        if notes:
+            extra["notes"] = list(notes)
+        noise = self._noise(job, shape)
+        with _Progress(progress) as bar:
+            z, shift = self._sample(
+                job, noise, known=known, mask=mask, start=start, strength=strength, progress=bar,
+                callback=callback,
+            )  # fmt: skip
+        return self._finish(job, z, shift, extra)
+
+    def _finish(
+        self,
+        job: _Job,
+        z: torch.Tensor,
+        shift: float,
+        extra: dict[str, Any],
+        *,
+        decode: torch.Tensor | None = None,
+    ) -> VideoResult | list[VideoResult]:
+        """Decode latents (B, C, F', H', W') (or `decode`, a part of them) into results with metadata."""
+        cfg = self.config
+        video = self.decode(z if decode is None else decode)  # (B, 3, T, H, W) in [-1, 1]
         frames = (
             ((video.permute(0, 2, 3, 4, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         )
+        b = len(job.prompts)
         results = []
-        for i, pr in enumerate(prompts):
+        for i, pr in enumerate(job.prompts):
+            if isinstance(job.seed, list):
+                seed: Any = job.seed[i]
+            else:
+                seed = job.seed if b == 1 or job.seed is None else [job.seed, i]
             meta = {
                 "prompt": pr,
-                "negative_prompt": negative,
-                "seed": seed if b == 1 else (None if seed is None else [seed, i]),
+                "negative_prompt": job.negative,
+                "seed": seed,
                 "model": self.source or cfg.name,
-                "num_frames": num_frames,
-                "height": height,
-                "width": width,
-                "num_inference_steps": steps,
-                "guidance_scale": g,
-                "sampler": sampler_name,
-                "shift": self.shift_for(tokens),
+                "num_frames": job.num_frames,
+                "height": job.height,
+                "width": job.width,
+                "num_inference_steps": job.steps,
+                "guidance_scale": job.guidance,
+                "sampler": job.sampler,
+                "shift": shift,
                 "fps": cfg.fps,
-                **(extra_metadata or {}),
+                **extra,
             }
-            results.append(VideoResult(frames[i], cfg.fps, meta))
-        return results[0] if isinstance(prompt, str) else results
+            results.append(VideoResult(frames[i], cfg.fps, meta, latents=z[i].detach().float().cpu()))
+        return results[0] if job.single else results
 
     def _model_fn(self) -> Callable[..., torch.Tensor]:
         dt = self.compute_dtype
@@ -341,3 +836,183 @@ class TextToVideoPipeline:
                 return model(x, t, ctx, mask).float()
 
         return run
+
+    # ------------------------------------------------------------------ conditioning internals
+    @property
+    def _tf(self) -> int:
+        """Video frames per latent frame after the first (1 for a pixel-space model)."""
+        return self.vae.temporal_factor if self.vae is not None else 1
+
+    def _video_frames(self, latent_frames: int) -> int:
+        """Video frames decoded from `latent_frames` latent frames: 1 + tf (F' - 1)."""
+        return 1 + self._tf * (latent_frames - 1)
+
+    def _new_frames(self, mask: torch.Tensor) -> list[list[int]]:
+        """Video frame ranges [start, end) made by unknown latent frames, for a (F',) mask."""
+        ranges: list[list[int]] = []
+        for j, k in enumerate(mask.tolist()):
+            if k:
+                continue
+            lo, hi = (0, 1) if j == 0 else (self._video_frames(j), self._video_frames(j + 1))
+            if ranges and ranges[-1][1] == lo:
+                ranges[-1][1] = hi
+            else:
+                ranges.append([lo, hi])
+        return ranges
+
+    def _check_conditioning(self) -> None:
+        """Frame conditioning encodes RGB frames: a pixel-space model must work on 3 channels."""
+        c = self.transformer.config.in_channels
+        if self.vae is None and c != 3:
+            raise TubeletError(
+                f"this pixel-space model has {c} input channels and no VAE: it cannot encode images or clips "
+                "as known frames (needs a vae/ folder, or 3 channels)"
+            )
+
+    def _note(self, notes: list[str], message: str) -> None:
+        """Report an adjustment of an input once (`on_note`, else a logging warning); keep it for metadata."""
+        if message in notes:
+            return
+        notes.append(message)
+        if self.on_note is not None:
+            self.on_note(message)
+        else:
+            logger.warning(message)
+
+    def _pixels(self, frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+        """uint8 (T, h, w, 3) -> video (1, 3, T, height, width) in [-1, 1] on the model's device.
+
+        Centre-cropped to the output's aspect ratio, then resized: the training data's preprocessing
+        (`tubelet.data.dataset.frames_to_tensor`).
+        """
+        from tubelet.data.dataset import frames_to_tensor
+
+        return frames_to_tensor(frames, height, width)[None].to(self.device)
+
+    def _encode_groups(self, video: torch.Tensor) -> torch.Tensor:
+        """Video (B, 3, tf k, H, W) -> k latent frames (B, C, k, H', W') that stand for tf-frame groups.
+
+        The frames are encoded after one extra copy of their first frame (a still past) whose own
+        latent is dropped; see the module doc. Pixel space: the frames themselves (normalised).
+        """
+        if self.vae is None:
+            return self.encode_video(video)
+        return self.encode_video(torch.cat([video[:, :, :1], video], dim=2))[:, :, 1:]
+
+    def _encode_still(self, image: torch.Tensor) -> torch.Tensor:
+        """Image (B, 3, 1, H, W) -> one latent frame (B, C, 1, H', W'): tf frames of the image, as a group."""
+        return self._encode_groups(image.expand(-1, -1, self._tf, -1, -1))
+
+    def _size_note(self, job: _Job, source: str, notes: list[str], src_hw: tuple[int, int]) -> None:
+        if tuple(src_hw) != (job.height, job.width):
+            self._note(
+                notes,
+                f"{source}: {src_hw[1]}x{src_hw[0]} center-cropped to the aspect ratio and resized to "
+                f"{job.width}x{job.height}",
+            )
+
+    def _load_image(
+        self, image: Any, what: str, job: _Job, notes: list[str]
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """An image input -> uint8 (h, w, 3) (any size; `_pixels` fits it), plus a description for metadata."""
+        from tubelet.io import is_video_path, read_image, read_video
+
+        if isinstance(image, (str, os.PathLike)):
+            source = str(image)
+            if is_video_path(image):
+                arr = read_video(image, max_frames=1).frames[0]
+            else:
+                arr = read_image(image)
+        elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+            source, arr = f"{what} (PIL image)", np.asarray(image.convert("RGB"))
+        elif isinstance(image, np.ndarray):
+            source, arr = f"{what} (array)", image
+        else:
+            raise TubeletError(
+                f"{what}: expected a path, a uint8 (H, W, 3) array or a PIL image, got {type(image).__name__}"
+            )
+        arr = np.asarray(arr)
+        if arr.ndim == 4 and arr.shape[0] == 1:
+            arr = arr[0]
+        frames = _check_uint8_frames(arr[None] if arr.ndim == 3 else arr, source)
+        if frames.shape[0] != 1:
+            raise TubeletError(f"{source}: expected one image (H, W, 3), got {frames.shape[0]} frames")
+        src_hw = frames.shape[1:3]
+        info = {"source": source, "height": int(src_hw[0]), "width": int(src_hw[1])}
+        self._size_note(job, source, notes, src_hw)
+        return frames[0], info
+
+    def _load_clip(
+        self, video: Any, what: str, job: _Job, notes: list[str]
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """A clip input -> uint8 (T, h, w, 3) at the model's fps (any size; `_pixels` fits it), plus a description."""
+        from tubelet.io import probe_video, read_video
+
+        fps = float(self.config.fps)
+        if isinstance(video, (str, os.PathLike)):
+            source = str(video)
+            probe = probe_video(video)
+            src_fps, src_hw = probe.fps, (probe.height, probe.width)
+            scale = max(job.height / probe.height, job.width / probe.width)
+            # Shrink while decoding (less memory); `_pixels` then crops and resizes exactly.
+            size = math.ceil(min(src_hw) * scale - 1e-9) if scale < 1 else None
+            same_rate = abs(src_fps - fps) < 1e-3
+            frames = read_video(video, fps=None if same_rate else fps, size=size).frames
+        elif hasattr(video, "frames") and hasattr(video, "fps"):
+            source = getattr(video, "path", None) or f"{what} ({type(video).__name__})"
+            frames = _check_uint8_frames(video.frames, source)
+            src_fps, src_hw = float(video.fps), frames.shape[1:3]
+            if abs(src_fps - fps) >= 1e-3:
+                frames = resample_frames(frames, src_fps, fps)
+        elif isinstance(video, np.ndarray):
+            source = f"{what} (array)"
+            frames = _check_uint8_frames(video, source)
+            src_fps, src_hw = fps, frames.shape[1:3]
+        else:
+            raise TubeletError(
+                f"{what}: expected a path, a Video/VideoResult or a uint8 (T, H, W, 3) array, got {type(video).__name__}"
+            )
+        if abs(src_fps - fps) >= 1e-3:
+            self._note(notes, f"{source}: resampled from {src_fps:g} fps to the model's {fps:g} fps")
+        info = {
+            "source": source,
+            "height": int(src_hw[0]),
+            "width": int(src_hw[1]),
+            "fps": float(src_fps),
+            "frames": len(frames),  # at the model's fps
+        }
+        self._size_note(job, source, notes, tuple(src_hw))
+        return frames, info
+
+    def _context(
+        self,
+        requested: int | None,
+        default: int,
+        most: int,
+        available: int,
+        source: str,
+        n_in: int,
+        head: bool,
+    ) -> int:
+        """Number of known latent frames taken from an input clip, validated against its length."""
+        tf = self._tf
+        need = (lambda k: tf * k) if head else self._video_frames
+        if available < 1:
+            raise TubeletError(
+                f"{source}: too short: {n_in} frames at {self.config.fps:g} fps; its start is used as the known "
+                f"end of the clip and needs at least {tf} frames"
+            )
+        if requested is None:
+            return max(1, min(default, available, most))
+        k = int(requested)
+        if not 1 <= k <= most:
+            raise TubeletError(
+                f"context_latents={k}: must be in 1..{most} here (at least one of the output's latent "
+                "frames must be generated; more frames allow more context)"
+            )
+        if k > available:
+            raise TubeletError(
+                f"{source}: too short: {n_in} frames at {self.config.fps:g} fps, but context_latents={k} needs "
+                f"{need(k)} frames"
+            )
+        return k

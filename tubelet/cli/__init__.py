@@ -13,7 +13,9 @@ from tubelet.cli import (  # noqa: F401  (importing registers the commands)
     data_shapes,
     demo,
     eval_oracle,
+    eval_sample,
     eval_videos,
+    generate,
     train,
 )
 from tubelet.cli.apps import app

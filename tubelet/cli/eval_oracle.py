@@ -1,8 +1,9 @@
-"""`tubelet eval oracle`: score shapes-world prompt adherence of a folder of videos."""
+"""`tubelet eval oracle`: shapes-world prompt adherence of a folder of videos, or of a model on a suite."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -11,27 +12,65 @@ from tubelet.cli.apps import eval_app
 
 @eval_app.command("oracle")
 def oracle(
-    videos: Path = typer.Option(
-        ..., "--videos", help="Folder with captions.jsonl ({video, caption} per line)."
+    videos: Optional[Path] = typer.Option(  # noqa: UP045 - typer needs Optional on py3.10
+        None, "--videos", help="Folder with captions.jsonl ({video, caption} per line)."
     ),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Report JSON path (default: VIDEOS/oracle.json)."
+    suite: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--suite", help="Prompt suite jsonl ({prompt, seed[, lang]} per line): generate, then score."
     ),
+    model: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--model", "-m", help="With --suite: pipeline directory or training run (default: embedded)."
+    ),
+    out: Optional[Path] = typer.Option(  # noqa: UP045
+        None,
+        "--out",
+        "-o",
+        help="Report JSON path (default: VIDEOS/oracle.json; with --suite VIDEOS_OUT/oracle.json or "
+        "outputs/oracle-<suite>.json).",
+    ),
+    videos_out: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--videos-out", help="With --suite: also write the generated clips + captions.jsonl here."
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="With --suite: prompts per model call."),
+    device: str = typer.Option("auto", "--device", help="With --suite: auto (cuda if available), cpu, cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Score every caption in VIDEOS/captions.jsonl against its video with the exact shapes-world oracle.
+    """Score shapes-world prompt adherence with the exact oracle; print a table, write a JSON report.
 
-    Prints a table (per attribute and language) and writes the full report, per clip, as JSON.
+    --videos DIR: score every caption in DIR/captions.jsonl against its video.
+
+    --suite FILE: generate every prompt of the suite (model defaults, its own seed), then score it.
     """
     import json
 
-    from tubelet.errors import DataError
+    from tubelet.errors import DataError, TubeletError
     from tubelet.eval.oracle import evaluate_folder, format_table
 
-    if not videos.is_dir():
-        raise DataError(f"{videos}: not a directory; expected a folder with captions.jsonl")
-    report = evaluate_folder(videos, progress=progress)
-    path = out if out is not None else videos / "oracle.json"
+    if (videos is None) == (suite is None):
+        raise TubeletError("pass either --videos DIR (score a folder) or --suite FILE (generate, then score)")
+    if videos is not None:
+        for flag, value in (("--model", model), ("--videos-out", videos_out)):
+            if value is not None:
+                raise TubeletError(f"{flag} only applies to --suite")
+        if not videos.is_dir():
+            raise DataError(f"{videos}: not a directory; expected a folder with captions.jsonl")
+        report = evaluate_folder(videos, progress=progress)
+        path = out if out is not None else videos / "oracle.json"
+    else:
+        assert suite is not None
+        from tubelet.cli.generate import load_pipeline
+        from tubelet.eval.suite import evaluate_model, read_suite
+
+        items = read_suite(suite)  # a broken suite fails before the model loads
+        pipe = load_pipeline(model, device)
+        report = evaluate_model(pipe, items, batch_size=batch_size, videos_out=videos_out, progress=progress)
+        report["suite"] = str(suite)
+        default = (
+            videos_out / "oracle.json"
+            if videos_out is not None
+            else Path("outputs") / f"oracle-{suite.stem}.json"
+        )
+        path = out if out is not None else default
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     typer.echo(format_table(report))

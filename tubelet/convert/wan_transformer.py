@@ -61,7 +61,9 @@ def dit_config_from_diffusers(cfg: dict[str, Any]) -> DiTConfig:
         ("pos_embed_seq_len", "image position embedding (pos_embed_seq_len)"),
     ):
         if c[key] is not None:
-            raise ConversionError(f"{key}={c[key]!r}: {what} is not supported yet; convert a text-to-video model")
+            raise ConversionError(
+                f"{key}={c[key]!r}: {what} is not supported yet; convert a text-to-video model"
+            )
     # diffusers builds and applies the across-heads RMSNorm on q/k whatever this says (None included).
     if c["qk_norm"] not in ("rms_norm_across_heads", None):
         raise ConversionError(f"qk_norm={c['qk_norm']!r} is not supported; expected 'rms_norm_across_heads'")
@@ -171,7 +173,9 @@ def convert_transformer_state_dict(sd: dict[str, Tensor], config: DiTConfig) -> 
         out[q + "modulation"] = sd[p + "scale_shift_table"].reshape(6, d)
         a1, a2 = p + "attn1.", p + "attn2."
         for part in ("weight", "bias"):
-            out[f"{q}self_attn.qkv.{part}"] = torch.cat([sd[f"{a1}{n}.{part}"] for n in ("to_q", "to_k", "to_v")])
+            out[f"{q}self_attn.qkv.{part}"] = torch.cat(
+                [sd[f"{a1}{n}.{part}"] for n in ("to_q", "to_k", "to_v")]
+            )
             out[f"{q}self_attn.out.{part}"] = sd[f"{a1}to_out.0.{part}"]
             out[f"{q}cross_attn.q.{part}"] = sd[f"{a2}to_q.{part}"]
             out[f"{q}cross_attn.kv.{part}"] = torch.cat([sd[f"{a2}{n}.{part}"] for n in ("to_k", "to_v")])

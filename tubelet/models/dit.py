@@ -65,7 +65,16 @@ class DiTConfig:
     rope_max_seq_len: int = 1024
 
     def __post_init__(self) -> None:
-        for name in ("dim", "num_heads", "num_layers", "ffn_dim", "text_dim", "in_channels", "out_channels", "freq_dim"):
+        for name in (
+            "dim",
+            "num_heads",
+            "num_layers",
+            "ffn_dim",
+            "text_dim",
+            "in_channels",
+            "out_channels",
+            "freq_dim",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"DiTConfig.{name} must be a positive integer, got {value!r}")
@@ -79,7 +88,9 @@ class DiTConfig:
             )
         self.patch_size = tuple(self.patch_size)  # type: ignore[assignment]
         if len(self.patch_size) != 3 or any(not isinstance(p, int) or p < 1 for p in self.patch_size):
-            raise ConfigError(f"DiTConfig.patch_size must be three positive integers, got {self.patch_size!r}")
+            raise ConfigError(
+                f"DiTConfig.patch_size must be three positive integers, got {self.patch_size!r}"
+            )
         if self.freq_dim % 2:
             raise ConfigError(f"DiTConfig.freq_dim must be even, got {self.freq_dim}")
 
@@ -128,8 +139,10 @@ class SelfAttention(nn.Module):
         b, n, d = x.shape
         h = self.num_heads
         q, k, v = linear(x, self.qkv).split(d, dim=-1)  # (B, N, D) each (views)
-        q = apply_rope(self.norm_q(q).view(b, n, h, -1), rope)  # (B, N, H, hd)
-        k = apply_rope(self.norm_k(k).view(b, n, h, -1), rope)
+        if isinstance(self.norm_q, RMSNorm):  # norm + RoPE in fp32, one rounding to x's dtype
+            q, k = self.norm_q(q, float32=True), self.norm_k(k, float32=True)
+        q = apply_rope(q.reshape(b, n, h, -1), rope, x.dtype)  # (B, N, H, hd)
+        k = apply_rope(k.reshape(b, n, h, -1), rope, x.dtype)
         v = v.view(b, n, h, -1)
         o = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, N, hd)
         return linear(o.transpose(1, 2).reshape(b, n, d), self.out)
@@ -217,6 +230,26 @@ class VideoDiT(nn.Module, PretrainedMixin):
         self.proj_out = nn.Linear(c.dim, c.out_channels * c.patch_volume)
         self.gradient_checkpointing = False
         self._rope_cache: dict[tuple, Tensor] = {}
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, zero_head: bool = True) -> None:
+        """Wan's initialisation: Xavier-uniform linears (each of the fused q/k/v parts on its own),
+        zero biases, N(0, 0.02) text/time embedders, and (`zero_head`) a zero output projection, so a
+        fresh model predicts zero velocity. Modulation tables keep their N(0, 1/dim) init."""
+        d = self.config.dim
+        fused = {id(lin) for blk in self.blocks for lin in (blk.self_attn.qkv, blk.cross_attn.kv)}
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                parts = m.weight.shape[0] // d if id(m) in fused else 1
+                for w in m.weight.view(parts, -1, m.weight.shape[1]):
+                    nn.init.xavier_uniform_(w)
+                nn.init.zeros_(m.bias)
+        for mlp in (self.text_embed, self.time_embed):
+            nn.init.normal_(mlp.fc1.weight, std=0.02)
+            nn.init.normal_(mlp.fc2.weight, std=0.02)
+        if zero_head:
+            nn.init.zeros_(self.proj_out.weight)
 
     # ---------------------------------------------------------------------------------------
     def rope_tables(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:

@@ -7,9 +7,9 @@ Attention goes through the single function `attention()`; other backends (flash 
 sequence parallelism) plug in with `register_attention_backend()` / `set_attention_backend()`.
 
 CPU performance notes (measured on a 2-core AMD EPYC with AVX-512 BF16, torch 2.13 CPU build):
-* MKL's fp32 GEMM (what `F.linear` uses for fp32 on CPU) runs at about half the speed of
-  oneDNN's on AMD CPUs; `linear()` therefore routes inference-mode CPU matmuls through oneDNN
-  when the build has it, fused with the GELU when one follows.
+* MKL's fp32 GEMM (what `F.linear` uses for fp32 on CPU) ran at about half the speed of
+  oneDNN's there (MKL takes its AVX2 path on AMD); `linear()` therefore routes inference-mode
+  CPU matmuls through oneDNN when the build has it, fused with the GELU when one follows.
 * bfloat16 attention over long sequences runs about twice as fast as two oneDNN bf16 matmuls
   around a softmax as through the fused CPU flash kernel (which has no fast bf16 path without
   AMX); `attention()` picks that route for CPU bf16 attention in inference mode. It rounds
@@ -39,7 +39,9 @@ def _expand_key_mask(mask: Tensor | None, q: Tensor, k: Tensor) -> Tensor | None
         return None
     b, nk = k.shape[0], k.shape[2]
     if mask.dtype != torch.bool or tuple(mask.shape) != (b, nk):
-        raise ValueError(f"attention mask must be a bool tensor of shape {(b, nk)}, got {mask.dtype} {tuple(mask.shape)}")
+        raise ValueError(
+            f"attention mask must be a bool tensor of shape {(b, nk)}, got {mask.dtype} {tuple(mask.shape)}"
+        )
     return mask[:, None, None, :]
 
 
@@ -54,8 +56,9 @@ def _attention_cpu_lowp(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) ->
     """bf16 attention on CPU as oneDNN bf16 matmuls around a softmax.
 
     q, k, v: (B, H, N, d). One (batch, head, query block) at a time: S = (q / sqrt(d)) k^T
-    (fp32 accumulation, rounded to the compute dtype), P = softmax(S) (computed in fp32, rounded
-    like the fused flash kernel rounds P), O = P v. Query blocks keep S within a fixed budget.
+    (fp32 accumulation, rounded to the compute dtype), P = softmax(S) (computed in fp32, then
+    rounded to the compute dtype for P @ V, as the fused flash kernel does too), O = P v.
+    Query blocks keep S within a fixed budget (2^24 elements).
     """
     b, h, nq, d = q.shape
     nk = k.shape[2]
@@ -131,7 +134,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Te
 # Linear layers
 # --------------------------------------------------------------------------------------------
 
-_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if hasattr(torch.ops, "mkldnn") else None
+_ONEDNN_LINEAR = (
+    getattr(torch.ops.mkldnn, "_linear_pointwise", None) if hasattr(torch.ops, "mkldnn") else None
+)
 
 
 def _use_onednn(x: Tensor, weight: Tensor) -> bool:
@@ -165,7 +170,9 @@ def linear(x: Tensor, layer: nn.Linear, gelu_tanh: bool = False) -> Tensor:
 class MLP(nn.Module):
     """Linear -> activation -> Linear (`fc1`, `fc2`); activation "gelu_tanh" or "silu"."""
 
-    def __init__(self, in_features: int, hidden: int, out_features: int, activation: str = "gelu_tanh") -> None:
+    def __init__(
+        self, in_features: int, hidden: int, out_features: int, activation: str = "gelu_tanh"
+    ) -> None:
         super().__init__()
         if activation not in ("gelu_tanh", "silu"):
             raise ValueError(f"MLP activation must be 'gelu_tanh' or 'silu', got {activation!r}")
@@ -194,9 +201,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, float32: bool = False) -> Tensor:
+        """x: (..., dim). With `float32=True` normalise in (and return) float32, e.g. before RoPE."""
+        if float32:
+            x, w = x.float(), self.weight.float()
+        else:
+            w = self.weight
         # contiguous(): the fused CPU kernel is orders of magnitude slower on strided input.
-        return F.rms_norm(x.contiguous(), (x.shape[-1],), self.weight, self.eps)
+        return F.rms_norm(x.contiguous(), (x.shape[-1],), w, self.eps)
 
 
 def modulated_layer_norm(x: Tensor, scale: Tensor, shift: Tensor, eps: float) -> Tensor:
@@ -208,8 +220,11 @@ def modulated_layer_norm(x: Tensor, scale: Tensor, shift: Tensor, eps: float) ->
     """
     b, t, _, d = x.shape
     if b * t <= 4:
-        w = 1 + scale.to(torch.float32)  # (B, T, 1, D)
-        sh = shift.to(torch.float32)
+        # The CPU kernel takes fp32 affine parameters with low-precision input (no extra rounding);
+        # elsewhere they must match x's dtype.
+        pdtype = torch.float32 if x.device.type == "cpu" else x.dtype
+        w = (1 + scale.float()).to(pdtype)  # (B, T, 1, D)
+        sh = shift.to(pdtype)
         if b * t == 1:
             return F.layer_norm(x, (d,), w.reshape(d), sh.reshape(d), eps)
         rows = [
@@ -264,16 +279,16 @@ def rope_freqs(angles: Tensor, device: torch.device | str) -> Tensor:
     return freqs.to(device)
 
 
-def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
+def apply_rope(x: Tensor, freqs: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
     """Rotate interleaved channel pairs (2i, 2i+1) of every head by the token's angle.
 
     x: (B, N, H, d) any float dtype; freqs: complex64 (N, 1, d/2) from `rope_freqs`. The pair
     (a, b) becomes (a cos - b sin, a sin + b cos), computed in float32 as one complex multiply;
-    returns x's dtype, contiguous (B, N, H, d).
+    returns `out_dtype` (default: x's dtype), contiguous (B, N, H, d).
     """
     b, n, h, d = x.shape
     xc = torch.view_as_complex(x.float().reshape(b, n, h, d // 2, 2))  # (B, N, H, d/2)
-    return torch.view_as_real(xc * freqs).reshape(b, n, h, d).to(x.dtype)
+    return torch.view_as_real(xc * freqs).reshape(b, n, h, d).to(out_dtype or x.dtype)
 
 
 # --------------------------------------------------------------------------------------------

@@ -243,6 +243,11 @@ class VAETask:
         self.device = device
         vcfg = _preset(cfg.vae, VAE_PRESETS, VAEConfig, "vae")
         vae = CausalVideoVAE(vcfg)
+        # Start the posterior's log-variance at -4 (std 0.14) instead of 0: with the small KL weights
+        # video VAEs use, a unit-variance posterior drowns the latents in noise and the decoder spends
+        # its first thousands of steps reading noise (measured: 0.39 vs 0.09 L1 after 60 steps).
+        with torch.no_grad():
+            vae.quant_conv.bias[vcfg.z_dim :] = -4.0
         if cfg.init_from:
             from tubelet.models.hub import assign_state_dict, load_safetensors
 

@@ -105,7 +105,9 @@ class _Batches:
         self._it = None
 
 
-def build_batches(cfg: TrainConfig, data_dir: Path | None, info: DistInfo) -> tuple[Any, Any]:
+def build_batches(
+    cfg: TrainConfig, data_dir: Path | None, info: DistInfo, progress: bool = True
+) -> tuple[Any, Any]:
     """The data source: a latent cache (`cfg.cache`) or a folder of videos."""
     from tubelet.data.dataset import BucketBatchSampler, VideoDataset, make_loader
 
@@ -122,7 +124,7 @@ def build_batches(cfg: TrainConfig, data_dir: Path | None, info: DistInfo) -> tu
     else:
         if data_dir is None:
             raise TubeletError("no training data: give --data DIR (or `cache:` in the config)")
-        ds = VideoDataset(data_dir, cfg.data, progress=info.is_main)
+        ds = VideoDataset(data_dir, cfg.data, progress=progress and info.is_main)
         sampler = BucketBatchSampler(ds, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
         source = _Batches(make_loader(ds, sampler))
     if len(ds) == 0:
@@ -237,7 +239,7 @@ def train(
         betas=cfg.optim.betas,
         eps=cfg.optim.eps,
     )
-    batches, dataset = build_batches(cfg, Path(data_dir) if data_dir else None, info)
+    batches, dataset = build_batches(cfg, Path(data_dir) if data_dir else None, info, progress)
     torch.manual_seed(cfg.seed * 1_000_003 + info.rank)  # per-rank stream for data-side randomness
 
     step, bad_total = 0, 0

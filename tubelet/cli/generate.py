@@ -1,0 +1,174 @@
+"""`tubelet generate PROMPT`: text-to-video and the conditioning tasks, one clip to an mp4."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Tuple  # noqa: UP035 - typer needs these on py3.10
+
+import typer
+
+from tubelet.cli.apps import app
+
+if TYPE_CHECKING:
+    from tubelet.pipeline import TextToVideoPipeline
+
+
+def slugify(text: str, max_len: int = 60) -> str:
+    """A file-name-safe slug of a prompt: lower case, runs of non-word characters -> "-" (CJK kept)."""
+    s = re.sub(r"[^\w]+", "-", text.lower()).strip("-_")
+    return s[:max_len].rstrip("-_") or "video"
+
+
+def load_pipeline(model: Path | None, device: str = "auto") -> TextToVideoPipeline:
+    """Load a pipeline directory (or a training run's `model/`); None = the embedded default model."""
+    import torch
+
+    from tubelet.errors import ModelLoadError
+    from tubelet.pipeline import TextToVideoPipeline
+
+    if (
+        model is not None
+        and not (model / "config.json").is_file()
+        and (model / "model" / "config.json").is_file()
+    ):
+        model = model / "model"  # a training run directory
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelLoadError(
+            f"--device {device!r}: not a torch device (try auto, cpu, cuda, cuda:1)"
+        ) from None
+    return TextToVideoPipeline.from_pretrained(model, device=dev)
+
+
+def check_inputs(paths: list[Path]) -> None:
+    """Fail before loading a model when an input file is missing."""
+    from tubelet.errors import VideoError
+
+    for p in paths:
+        if not p.exists():
+            raise VideoError(p, "file not found")
+        if p.is_dir():
+            raise VideoError(p, "is a directory, expected an image or video file")
+
+
+def check_output(path: Path) -> None:
+    """Fail before generating when the output extension cannot be written."""
+    from tubelet.errors import VideoError
+    from tubelet.io import WRITE_EXTENSIONS
+
+    if path.suffix.lower() not in WRITE_EXTENSIONS:
+        raise VideoError(path, f"unsupported output extension; expected one of {', '.join(WRITE_EXTENSIONS)}")
+
+
+@app.command("generate")
+def generate(
+    prompt: str = typer.Argument(..., help="What the video shows."),
+    model: Optional[Path] = typer.Option(  # noqa: UP045 - typer needs Optional on py3.10
+        None, "--model", "-m", help="Pipeline directory or training run (default: the embedded model)."
+    ),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Frames, 1 + 4k (default: the model's)."),  # noqa: UP045
+    height: Optional[int] = typer.Option(None, "--height", help="Height in pixels (default: the model's)."),  # noqa: UP045
+    width: Optional[int] = typer.Option(None, "--width", help="Width in pixels (default: the model's)."),  # noqa: UP045
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's)."),  # noqa: UP045
+    guidance: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--guidance", help="Classifier-free guidance scale (default: the model's; 1 = off)."
+    ),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: a random one)."),  # noqa: UP045
+    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt."),  # noqa: UP045
+    sampler: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--sampler", help="unipc, dpmpp_2m or euler (default: the model's)."
+    ),
+    out: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--out", "-o", help="Output .mp4/.gif (default: outputs/<prompt-slug>-<seed>.mp4)."
+    ),
+    image: Optional[Path] = typer.Option(None, "--image", help="Image-to-video: the first frame."),  # noqa: UP045
+    last_image: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--last-image", help="The last frame (with --image: first + last; alone: end on it)."
+    ),
+    extend: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--extend", help="Continue this clip (its tail becomes the start of the output)."
+    ),
+    backward: bool = typer.Option(False, "--backward", help="With --extend: generate what came before."),
+    loop: bool = typer.Option(False, "--loop", help="A seamless loop: the last frame leads into the first."),
+    connect: Optional[Tuple[Path, Path]] = typer.Option(  # noqa: UP006,UP045
+        None, "--connect", metavar="A B", help="A transition from the end of clip A to the start of clip B."
+    ),
+    edit: Optional[Path] = typer.Option(None, "--edit", help="Edit this clip (SDEdit) to match the prompt."),  # noqa: UP045
+    strength: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--strength", help="With --edit: 0 keeps the clip, 1 ignores it (default 0.6)."
+    ),
+    context: Optional[int] = typer.Option(  # noqa: UP045
+        None,
+        "--context",
+        help="With --extend/--connect: latent frames taken from the input (1 latent = 4 frames).",
+    ),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1, ..."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Generate one video from PROMPT and print its path (settings go in a sidecar .json).
+
+    One task at a time: text-to-video, --image, --extend, --loop, --connect or --edit.
+
+    Inputs of another size or frame rate are resized / resampled, with a note (also in the metadata).
+    """
+    import torch
+
+    from tubelet.errors import TubeletError
+
+    tasks = [
+        name
+        for name, on in (
+            ("--image/--last-image", image is not None or last_image is not None),
+            ("--extend", extend is not None),
+            ("--loop", loop),
+            ("--connect", connect is not None),
+            ("--edit", edit is not None),
+        )
+        if on
+    ]
+    if len(tasks) > 1:
+        raise TubeletError(f"{' and '.join(tasks)} cannot be combined: choose one task")
+    if backward and extend is None:
+        raise TubeletError("--backward only applies to --extend")
+    if strength is not None and edit is None:
+        raise TubeletError("--strength only applies to --edit")
+    if context is not None and extend is None and connect is None:
+        raise TubeletError("--context only applies to --extend and --connect")
+    inputs = [p for p in (image, last_image, extend, edit) if p is not None] + list(connect or ())
+    check_inputs(inputs)
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    path = out if out is not None else Path("outputs") / f"{slugify(prompt)}-{seed}.mp4"
+    check_output(path)
+
+    pipe = load_pipeline(model, device)
+    pipe.on_note = lambda message: typer.echo(f"note: {message}", err=True)
+    kw: dict[str, Any] = {
+        "seed": seed,
+        "num_frames": frames,
+        "height": height,
+        "width": width,
+        "num_inference_steps": steps,
+        "guidance_scale": guidance,
+        "negative_prompt": negative,
+        "sampler": sampler,
+        "progress": progress,
+    }
+    if image is not None or last_image is not None:
+        result = pipe.image_to_video(prompt, image, last_image=last_image, **kw)
+    elif extend is not None:
+        result = pipe.extend(prompt, extend, backward=backward, context_latents=context, **kw)
+    elif loop:
+        result = pipe.loop(prompt, **kw)
+    elif connect is not None:
+        result = pipe.connect(prompt, connect[0], connect[1], context_latents=context, **kw)
+    elif edit is not None:
+        result = pipe.edit(prompt, edit, strength=0.6 if strength is None else strength, **kw)
+    else:
+        result = pipe(prompt, **kw)
+    written = result.save(path)  # type: ignore[union-attr]
+    typer.echo(str(Path(written).resolve()))

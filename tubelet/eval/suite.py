@@ -1,0 +1,281 @@
+"""Generate-then-score evaluation of a pipeline: prompt suites, the oracle, VBench-style sample folders.
+
+* `evaluate_model(pipe, suite)`: generate every prompt of a suite (jsonl lines ``{"prompt", "seed"[,
+  "lang"]}``) with the model's default settings, in batches, and score each clip with the shapes-world
+  oracle (`tubelet.eval.oracle`); returns the oracle's `aggregate` report (per attribute, per
+  language, whole prompt) plus the suite, model and settings. Clips are scored on their raw frames
+  (no video compression); `videos_out` also writes them as mp4 + ``captions.jsonl`` so that
+  ``tubelet eval oracle --videos`` can re-score the encoded files.
+* `sample_prompts(pipe, prompts, out_dir, samples)`: clips named the VBench way,
+  ``{prompt}-{index}.mp4`` (index 0..samples-1, one folder), for the official VBench tool, plus a
+  ``captions.jsonl`` for ``tubelet eval videos``. Clip ``index`` of every prompt uses seed
+  ``seed + index``, so any clip can be regenerated alone with ``tubelet generate PROMPT --seed``.
+
+Prompts are generated with one seed per prompt (`TextToVideoPipeline.__call__` with a list of seeds),
+so a clip does not depend on which batch it was in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tubelet.errors import CaptionError, DataError
+
+__all__ = [
+    "SuiteItem",
+    "evaluate_model",
+    "read_prompts",
+    "read_suite",
+    "sample_prompts",
+    "vbench_name",
+]
+
+VBENCH_MAX_PROMPT_CHARS = (
+    180  # VBench-2.0 keeps the first 180 characters of a prompt too long to be a file name
+)
+_MAX_NAME_BYTES = 255  # file-name limit of common file systems
+
+
+@dataclass
+class SuiteItem:
+    """One line of a prompt suite."""
+
+    prompt: str
+    seed: int
+    lang: str | None = None  # "en" / "zh"; None: detected from the prompt
+    line: int = 0
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the file ({e})") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+
+
+def read_suite(path: str | Path) -> list[SuiteItem]:
+    """Read a suite jsonl: one ``{"prompt": str, "seed": int, "lang": "en"|"zh" (optional)}`` per line.
+
+    Every prompt must parse in the shapes-world grammar (checked before anything is generated).
+    Raises `DataError` naming the file and line.
+    """
+    from tubelet.data.shapes import parse_caption
+
+    p = Path(path)
+    items = []
+    for n, row in _json_lines(p):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise DataError(f"{p}:{n}: expected an object with a non-empty 'prompt' string")
+        seed = row.get("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise DataError(f"{p}:{n}: 'seed' must be an integer, got {seed!r}")
+        lang = row.get("lang")
+        if lang is not None and lang not in ("en", "zh"):
+            raise DataError(f"{p}:{n}: 'lang' must be 'en' or 'zh', got {lang!r}")
+        try:
+            parse_caption(row["prompt"])
+        except CaptionError as e:
+            raise DataError(f"{p}:{n}: {e}") from None
+        items.append(SuiteItem(row["prompt"], seed, lang, n))
+    if not items:
+        raise DataError(f"{p}: the suite holds no prompts")
+    return items
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a text file (one per line) or a jsonl file (``{"prompt": ...}`` per line).
+
+    A file whose name ends in .jsonl / .json, or whose first non-blank line starts with "{", is read
+    as jsonl. Blank lines are skipped; duplicates are an error (VBench names clips by prompt).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{p}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{p}: cannot read the file ({e})") from None
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    prompts: list[tuple[int, str]] = []
+    if p.suffix.lower() in (".jsonl", ".json") or first.startswith("{"):
+        for n, row in _json_lines(p):
+            if (
+                not isinstance(row, dict)
+                or not isinstance(row.get("prompt"), str)
+                or not row["prompt"].strip()
+            ):
+                raise DataError(f"{p}:{n}: expected an object with a non-empty 'prompt' string")
+            prompts.append((n, row["prompt"].strip()))
+    else:
+        prompts = [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+    if not prompts:
+        raise DataError(f"{p}: no prompts")
+    seen: dict[str, int] = {}
+    for n, pr in prompts:
+        if pr in seen:
+            raise DataError(
+                f"{p}:{n}: duplicate prompt (first on line {seen[pr]}); VBench names clips by prompt"
+            )
+        seen[pr] = n
+    return [pr for _, pr in prompts]
+
+
+def vbench_name(prompt: str, index: int, ext: str = ".mp4") -> str:
+    """VBench's clip file name ``{prompt}-{index}.mp4``.
+
+    A prompt too long for a file name keeps its first 180 characters (VBench-2.0's rule; fewer if
+    its UTF-8 bytes still do not fit); "/" (not allowed in file names) becomes "_".
+    """
+    stem = prompt.replace("/", "_").replace("\0", "")
+    suffix = f"-{index}{ext}"
+    if len((stem + suffix).encode("utf-8")) > _MAX_NAME_BYTES:
+        stem = stem[:VBENCH_MAX_PROMPT_CHARS]
+        while len((stem + suffix).encode("utf-8")) > _MAX_NAME_BYTES:
+            stem = stem[:-1]
+    return stem + suffix
+
+
+def _batches(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    if size < 1:
+        raise DataError(f"batch size must be >= 1, got {size}")
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _settings(meta: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "model",
+        "num_frames",
+        "height",
+        "width",
+        "num_inference_steps",
+        "guidance_scale",
+        "sampler",
+        "fps",
+    )
+    return {k: meta.get(k) for k in keys}
+
+
+def sample_prompts(
+    pipe: Any,
+    prompts: Sequence[str],
+    out_dir: str | Path,
+    samples: int = 5,
+    *,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+    **generate_kwargs: Any,
+) -> list[Path]:
+    """Write `samples` clips per prompt as ``out_dir/{prompt}-{index}.mp4`` (+ json sidecars) and
+    ``out_dir/captions.jsonl``. Clip `index` uses seed ``seed + index``. Returns the written paths."""
+    from tqdm.auto import tqdm
+
+    if samples < 1:
+        raise DataError(f"samples must be >= 1, got {samples}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(pr, i) for pr in prompts for i in range(samples)]
+    names = [vbench_name(pr, i) for pr, i in jobs]
+    clash = [n for n, c in Counter(names).items() if c > 1]
+    if clash:
+        raise DataError(f"prompts give the same VBench file name {clash[0]!r}; make them distinct")
+    paths: list[Path] = []
+    rows: list[dict[str, Any]] = []
+    with tqdm(total=len(jobs), desc="sampling", unit="clip", disable=not progress) as bar:
+        for chunk in _batches(jobs, batch_size):
+            results = pipe(
+                [pr for pr, _ in chunk], seed=[seed + i for _, i in chunk], progress=False, **generate_kwargs
+            )
+            for (pr, i), res in zip(chunk, results):
+                name = vbench_name(pr, i)
+                paths.append(res.save(out / name))
+                rows.append({"video": name, "caption": pr, "index": i, "seed": seed + i})
+                bar.update(1)
+    _write_jsonl(out / "captions.jsonl", rows)
+    return paths
+
+
+def evaluate_model(
+    pipe: Any,
+    suite: str | Path | Sequence[SuiteItem],
+    *,
+    batch_size: int = 8,
+    videos_out: str | Path | None = None,
+    progress: bool = True,
+    **generate_kwargs: Any,
+) -> dict[str, Any]:
+    """Generate every suite prompt (its own seed, the model's default settings unless overridden by
+    `generate_kwargs`) and score it with the shapes-world oracle.
+
+    Returns `tubelet.eval.oracle.aggregate` over all clips (per attribute, per language, whole
+    prompt, every clip under "clips" with its seed) plus "suite", "model" and "settings".
+    With `videos_out`, clips are also written there as ``{n:05d}.mp4`` with a ``captions.jsonl``.
+    """
+    from tqdm.auto import tqdm
+
+    from tubelet.eval.oracle import aggregate, score_clip
+
+    source = str(suite) if isinstance(suite, (str, Path)) else None
+    items = read_suite(suite) if isinstance(suite, (str, Path)) else list(suite)
+    if not items:
+        raise DataError("the suite holds no prompts")
+    out = Path(videos_out) if videos_out is not None else None
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise DataError(f"{out}: exists and is not a directory")
+        out.mkdir(parents=True, exist_ok=True)
+    results = []
+    rows: list[dict[str, Any]] = []
+    settings: dict[str, Any] = {}
+    with tqdm(total=len(items), desc="oracle", unit="prompt", disable=not progress) as bar:
+        for chunk in _batches(items, batch_size):
+            clips = pipe(
+                [it.prompt for it in chunk], seed=[it.seed for it in chunk], progress=False, **generate_kwargs
+            )
+            for it, clip in zip(chunk, clips):
+                res = score_clip(clip.frames, it.prompt)
+                if it.lang is not None:
+                    res.lang = it.lang
+                if out is not None:
+                    name = f"{len(rows):05d}.mp4"
+                    clip.save(out / name)
+                    res.video = name
+                    rows.append({"video": name, "caption": it.prompt, "seed": it.seed, "lang": res.lang})
+                results.append(res)
+                settings = settings or _settings(clip.metadata)
+                bar.update(1)
+    if out is not None:
+        _write_jsonl(out / "captions.jsonl", rows)
+    report = aggregate(results)
+    for clip_row, it in zip(report["clips"], items):
+        clip_row["seed"] = it.seed
+    report["suite"] = source
+    report["model"] = settings.get("model")
+    report["settings"] = settings
+    if out is not None:
+        report["videos"] = str(out)
+    return report
