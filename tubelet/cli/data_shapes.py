@@ -39,6 +39,10 @@ def shapes(
         0.0, help="Gaussian pixel noise, standard deviation in 8-bit levels (0-255)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    holdout: Path | None = typer.Option(
+        None,
+        help="JSON list of [color, shape, motion] combinations to keep out (clips with one are skipped).",
+    ),
 ) -> None:
     """Write a shapes-world dataset: videos/NNNNNN.mp4, captions.jsonl (en + zh), scenes.jsonl."""
     import time
@@ -48,10 +52,32 @@ def shapes(
     frame_size = _parse_size(size)
     h, w = (frame_size, frame_size) if isinstance(frame_size, int) else frame_size
     t0 = time.perf_counter()
+    import json
+
+    held = None
+    if holdout is not None:
+        from tubelet.errors import DataError
+
+        try:
+            held = [tuple(c) for c in json.loads(holdout.read_text(encoding="utf-8"))]
+        except (OSError, ValueError, TypeError) as e:
+            raise DataError(f"{holdout}: cannot read the holdout list ({e})") from None
     path = write_dataset(
-        out, num, seed=seed, frames=frames, size=frame_size, fps=fps, noise=noise, progress=progress
+        out,
+        num,
+        seed=seed,
+        frames=frames,
+        size=frame_size,
+        fps=fps,
+        noise=noise,
+        progress=progress,
+        holdout=held,
     )
     dt = time.perf_counter() - t0
+    skipped = json.loads((path / "shapes.json").read_text()).get("skipped_holdout", 0) if held else 0
+    if skipped:
+        typer.echo(f"skipped {skipped} clips with held-out combinations")
+    num -= skipped
     typer.echo(
         f"wrote {num} clips ({2 * num} captions, en + zh; {frames} frames {w}x{h} @ {fps:g} fps) "
         f"to {path} in {dt:.1f}s"

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -929,12 +929,15 @@ def write_dataset(
     fps: float = 8.0,
     noise: float = 0.0,
     progress: bool = True,
+    holdout: Collection[tuple[str, str, str]] | None = None,
 ) -> Path:
     """Write `num` clips to `out`: videos/NNNNNN.mp4, captions.jsonl (an English and a Chinese line
     per clip), scenes.jsonl (the full scene per clip) and shapes.json (the generator settings).
 
     Clip i is `make_clip((seed, i), ...)`. Refuses (DataError) to write into a non-empty directory
     that is not a previous shapes dataset; a previous one is regenerated in place.
+    `holdout`: (color, shape, motion) combinations kept out of the data: a clip with an object of
+    such a combination (any size) is skipped, so the remaining clips keep their names and seeds.
     """
     from tqdm import tqdm
 
@@ -952,6 +955,12 @@ def write_dataset(
         h, w = _frame_size(size)
     except (TypeError, ValueError) as e:
         raise DataError(f"bad frame size {size!r}: {e}") from None
+    held = {tuple(c) for c in (holdout or ())}
+    for c in held:
+        if len(c) != 3 or c[0] not in COLORS or c[1] not in SHAPES or c[2] not in MOTIONS:
+            raise DataError(
+                f"holdout entry {list(c)} is not [color, shape, motion] from {COLORS.keys()}, {SHAPES}, {MOTIONS}"
+            )
     out = Path(out)
     _prepare_out(out)
     meta: dict[str, Any] = {
@@ -964,15 +973,20 @@ def write_dataset(
         "size": [h, w],
         "fps": fps,
         "noise": noise,
+        "holdout": sorted([list(c) for c in held]),
     }
     # the marker goes first so that an interrupted write can be regenerated in place
     (out / MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     t0 = time.perf_counter()
+    skipped = 0
     captions_tmp = out / "captions.jsonl.tmp"
     scenes_tmp = out / "scenes.jsonl.tmp"
     with captions_tmp.open("w", encoding="utf-8") as fc, scenes_tmp.open("w", encoding="utf-8") as fs:
         for i in tqdm(range(num), desc="shapes", unit="clip", disable=not progress):
             clip = make_clip((seed, i), frames=frames, size=(h, w), fps=fps, noise=noise)
+            if held and any((o.color, o.shape, o.motion) in held for o in clip.scene.spec.objects):
+                skipped += 1
+                continue
             rel = f"videos/{i:06d}.mp4"
             write_video(out / rel, clip.frames, fps, sidecar=False)
             for lang in ("en", "zh"):
@@ -981,6 +995,6 @@ def write_dataset(
             fs.write(json.dumps({"video": rel, "seed": [seed, i], "scene": clip.scene.to_dict()}) + "\n")
     captions_tmp.replace(out / "captions.jsonl")
     scenes_tmp.replace(out / "scenes.jsonl")
-    meta.update(complete=True, seconds=round(time.perf_counter() - t0, 3))
+    meta.update(complete=True, skipped_holdout=skipped, seconds=round(time.perf_counter() - t0, 3))
     (out / MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out
