@@ -17,8 +17,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 data_app = typer.Typer(help="Datasets: the synthetic shapes world, checks and caches.", no_args_is_help=True)
-eval_app = typer.Typer(help="Evaluation: the shapes-world oracle and VBench-style dimensions.", no_args_is_help=True)
-convert_app = typer.Typer(help="Convert external checkpoints (Wan2.1) to tubelet model directories.", no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Evaluation: the shapes-world oracle and VBench-style dimensions.", no_args_is_help=True
+)
+convert_app = typer.Typer(
+    help="Convert external checkpoints (Wan2.1) to tubelet model directories.", no_args_is_help=True
+)
 
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")

@@ -11,7 +11,9 @@ from tubelet.cli.apps import app
 
 @app.command("demo")
 def demo(
-    out: Path = typer.Option(Path("outputs/demo.mp4"), "--out", "-o", help="Where to write the video (.mp4 or .gif)."),
+    out: Path = typer.Option(
+        Path("outputs/demo.mp4"), "--out", "-o", help="Where to write the video (.mp4 or .gif)."
+    ),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Write one demo video and print its path.

@@ -58,7 +58,9 @@ def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> di
         raise ModelLoadError(f"{p}: cannot read safetensors file ({e})") from None
 
 
-def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+def save_state_dict(
+    state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
     """Write tensors atomically (temporary file, then rename); shared storage is cloned."""
     p = Path(path)
     seen: set[int] = set()
@@ -148,5 +150,7 @@ class PretrainedMixin:
         assign_state_dict(model, state, str(d / WEIGHTS_NAME))  # type: ignore[arg-type]
         leftovers = [n for n, b in model.named_buffers() if b.is_meta]  # type: ignore[attr-defined]
         if leftovers:
-            raise RuntimeError(f"{cls.__name__} registers non-persistent buffers {leftovers}; compute them lazily")
+            raise RuntimeError(
+                f"{cls.__name__} registers non-persistent buffers {leftovers}; compute them lazily"
+            )
         return model.eval()  # type: ignore[attr-defined,return-value]
