@@ -8,25 +8,47 @@ import typer
 
 from tubelet.cli.apps import app
 
+DEMO_PROMPT = "a big red circle moving right and a small blue square moving up, on a white background"
+
 
 @app.command("demo")
 def demo(
     out: Path = typer.Option(
         Path("outputs/demo.mp4"), "--out", "-o", help="Where to write the video (.mp4 or .gif)."
     ),
+    prompt: str = typer.Option(DEMO_PROMPT, help="What to generate (English or Chinese)."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
-    """Write one demo video and print its path.
+    """Generate one video with the embedded default model and print its path.
 
-    Until the embedded default model ships, this renders a clip of the synthetic shapes
-    world (the data the default model is trained on) with its caption in the metadata.
+    If the package has no default model (a source checkout before it was trained), this renders
+    the prompt in the synthetic shapes world (the data the default model learns from) instead.
     """
-    from tubelet.data.shapes import make_clip
-    from tubelet.io import write_video
+    from tubelet.pipeline import default_model_dir
 
-    clip = make_clip(seed)
-    meta = {"source": "tubelet shapes world", "seed": seed, "prompt": clip.captions["en"], **clip.captions}
-    path = write_video(out, clip.frames, 8.0, metadata=meta)
-    typer.echo(f"caption: {clip.captions['en']}")
-    typer.echo(f"          {clip.captions['zh']}")
+    if (default_model_dir() / "config.json").is_file():
+        from tubelet.pipeline import TextToVideoPipeline
+
+        pipe = TextToVideoPipeline.from_pretrained()
+        result = pipe(prompt, seed=seed)
+        path = result.save(out)
+        typer.echo(f"prompt: {prompt}", err=True)
+    else:
+        import numpy as np
+
+        from tubelet.data.shapes import caption, parse_caption, render, scene_for_spec
+        from tubelet.io import write_video
+
+        spec = parse_caption(prompt)
+        scene = scene_for_spec(spec, np.random.default_rng(seed))
+        frames = render(scene)
+        meta = {
+            "source": "tubelet shapes world (no default model in this install)",
+            "seed": seed,
+            "prompt": prompt,
+        }
+        path = write_video(out, frames, 8.0, metadata=meta)
+        typer.echo(
+            f"no embedded default model: rendered the shapes world for {caption(spec, 'en')!r}", err=True
+        )
     typer.echo(str(Path(path).resolve()))

@@ -1,0 +1,43 @@
+"""The CLI shell: `python -m tubelet`, the demo, and one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tubelet", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_python_m_tubelet_is_the_cli() -> None:
+    res = run("--help")
+    assert res.returncode == 0
+    for cmd in ("demo", "train", "generate", "data", "eval", "convert"):
+        assert cmd in res.stdout
+
+
+def test_demo_writes_a_video_and_prints_its_path(tmp_path: Path) -> None:
+    from tubelet.io import read_video
+
+    out = tmp_path / "demo.mp4"
+    res = run("demo", "--out", str(out), "--seed", "3")
+    assert res.returncode == 0, res.stderr
+    printed = Path(res.stdout.strip().splitlines()[-1])
+    assert printed == out.resolve() and out.is_file()
+    video = read_video(out)
+    assert video.frames.shape[0] >= 16 and video.frames.shape[1] >= 64
+
+
+def test_user_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
+    res = run("eval", "oracle", "--videos", str(tmp_path / "missing"))
+    assert res.returncode == 1
+    assert res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
+    res = run("train", "--preset", "nope", "--out", str(tmp_path / "r"))
+    assert res.returncode == 1 and "unknown training preset" in res.stderr
+    assert "Traceback" not in res.stderr
