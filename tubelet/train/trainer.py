@@ -357,6 +357,8 @@ def train(
         if final is not None:
             _samples(task, final, run, step)
             model_dir = _export(task, final, run, batches)
+        if info.distributed:  # the other ranks wait for rank 0's export before tearing the group down
+            torch.distributed.barrier()
     finally:
         if bar is not None:
             bar.close()
