@@ -205,8 +205,8 @@ class RMSNorm(nn.Module):
         """x: (..., dim). With `float32=True` normalise in (and return) float32, e.g. before RoPE."""
         if float32:
             x, w = x.float(), self.weight.float()
-        else:
-            w = self.weight
+        else:  # under autocast x may be bf16 while the weight is fp32: match it, or no fused kernel
+            w = self.weight.to(x.dtype)
         # contiguous(): the fused CPU kernel is orders of magnitude slower on strided input.
         return F.rms_norm(x.contiguous(), (x.shape[-1],), w, self.eps)
 

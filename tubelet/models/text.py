@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from tubelet.errors import ConfigError, ModelLoadError, TubeletError
 from tubelet.models.hub import CONFIG_NAME, PretrainedMixin, read_config_json
+from tubelet.models.layers import RMSNorm
 
 __all__ = [
     "BOS_ID",
@@ -151,10 +152,10 @@ class _ByteBlock(nn.Module):
     def __init__(self, cfg: ByteTextConfig) -> None:
         super().__init__()
         self.num_heads = cfg.num_heads
-        self.attn_norm = nn.RMSNorm(cfg.dim, eps=cfg.eps)
+        self.attn_norm = RMSNorm(cfg.dim, cfg.eps)
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
-        self.mlp_norm = nn.RMSNorm(cfg.dim, eps=cfg.eps)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.eps)
         self.fc1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.fc2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
@@ -178,7 +179,7 @@ class ByteTextEncoder(nn.Module, PretrainedMixin):
         self.config = config
         self.embed = nn.Embedding(VOCAB_SIZE, config.dim)
         self.blocks = nn.ModuleList([_ByteBlock(config) for _ in range(config.num_layers)])
-        self.norm = nn.RMSNorm(config.dim, eps=config.eps)
+        self.norm = RMSNorm(config.dim, config.eps)
         self._init_weights()
 
     def _init_weights(self) -> None:
