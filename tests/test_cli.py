@@ -41,3 +41,15 @@ def test_user_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
     res = run("train", "--preset", "nope", "--out", str(tmp_path / "r"))
     assert res.returncode == 1 and "unknown training preset" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_set_overrides_parse_yaml_values() -> None:
+    from tubelet.cli.train import _parse_set
+    from tubelet.errors import ConfigError
+
+    got = _parse_set(["optim.lr=8e-5", "data.buckets=[[5, 16, 16, 2]]", "precision=fp32", "ema_decay=null"])
+    assert got == {"optim.lr": 8e-5, "data.buckets": [[5, 16, 16, 2]], "precision": "fp32", "ema_decay": None}
+    import pytest
+
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        _parse_set(["optim.lr"])
