@@ -59,6 +59,12 @@ def test_tiny_run_writes_the_run_folder(shapes_data: Path, tmp_path: Path) -> No
     assert list((run / "samples").glob("*.mp4"))
 
 
+def test_gradient_accumulation_runs(shapes_data: Path, tmp_path: Path) -> None:
+    res = train(tiny(max_steps=2, grad_accum=2, save_every=0), shapes_data, tmp_path / "acc", progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "acc" / "metrics.jsonl").read_text().splitlines()]
+    assert res.step == 2 and len(lines) == 2 and all(math.isfinite(r["loss"]) for r in lines)
+
+
 def test_existing_run_needs_resume(shapes_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(tiny(max_steps=2, save_every=0), shapes_data, run, progress=False)

@@ -106,6 +106,8 @@ class DiTConfig:
 DIT_PRESETS: dict[str, DiTConfig] = {
     "tiny": DiTConfig(dim=64, num_heads=2, num_layers=2, ffn_dim=128, text_dim=32, freq_dim=64),
     "small": DiTConfig(dim=256, num_heads=4, num_layers=6, ffn_dim=1024, text_dim=256),
+    # The embedded default model (16 x 5 x 8 x 8 latents of the shapes VAE -> 80 tokens).
+    "shapes": DiTConfig(dim=256, num_heads=4, num_layers=8, ffn_dim=1024, text_dim=256),
     "wan2.1-1.3b": DiTConfig(dim=1536, num_heads=12, num_layers=30, ffn_dim=8960, text_dim=4096),
     "wan2.1-14b": DiTConfig(dim=5120, num_heads=40, num_layers=40, ffn_dim=13824, text_dim=4096),
 }

@@ -168,17 +168,7 @@ TRAIN_PRESETS["shapes-vae-long"] = dataclasses.replace(
 
 TRAIN_PRESETS["shapes-t2v"] = TrainConfig(
     task="dit",
-    # 16 x 5 x 8 x 8 latents, patch (1, 2, 2): 80 tokens per clip.
-    dit={
-        "in_channels": 16,
-        "out_channels": 16,
-        "dim": 256,
-        "num_heads": 4,
-        "num_layers": 8,
-        "ffn_dim": 1024,
-        "text_dim": 256,
-        "patch_size": [1, 2, 2],
-    },
+    dit="shapes",  # 16 x 5 x 8 x 8 latents, patch (1, 2, 2): 80 tokens per clip
     text_encoder={"dim": 256, "num_layers": 2, "num_heads": 4, "ffn_dim": 1024, "max_length": 256},
     vae_path=None,  # set to the shapes-vae run's model dir
     data=DataConfig(fps=8.0, buckets=[Bucket(17, 64, 64, 32)], num_workers=1, random_start=False),
