@@ -262,24 +262,18 @@ def _check_against_model(
     model: nn.Module, state: dict[str, Tensor], origin: dict[int, str], src: Path, what: str
 ) -> None:
     """Names and shapes of `state` must equal those of `model` (built on the meta device)."""
+    from tubelet.models.hub import first_shape_mismatch, name_mismatch
+
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s), e.g. {missing[:5]}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensor(s), e.g. {unexpected[:5]}")
-        raise ConversionError(f"{src}: the {what} weights do not match its config: " + "; ".join(parts))
-    for name, ref in expected.items():
-        got = state[name]
-        if tuple(got.shape) != tuple(ref.shape):
-            source_name = origin.get(id(got))
-            named = f"{name!r}" if source_name in (None, name) else f"{source_name!r} (tubelet {name!r})"
-            raise ConversionError(
-                f"{src}: tensor {named} has shape {tuple(got.shape)}, but the config expects {tuple(ref.shape)}"
-            )
+    names = name_mismatch(expected, state)
+    if names:
+        raise ConversionError(f"{src}: the {what} weights do not match its config: {names}")
+    bad = first_shape_mismatch(expected, state)
+    if bad:
+        name, got, want = bad
+        source_name = origin.get(id(state[name]))
+        named = f"{name!r}" if source_name in (None, name) else f"{source_name!r} (tubelet {name!r})"
+        raise ConversionError(f"{src}: tensor {named} has shape {got}, but the config expects {want}")
 
 
 def _cast_in_place(state: dict[str, Tensor], dtype: torch.dtype | None) -> None:

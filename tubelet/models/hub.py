@@ -79,23 +79,37 @@ def save_state_dict(
     os.replace(tmp, p)
 
 
+def name_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
+    """A message listing missing / unexpected tensor names, or None when the names agree."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} tensor(s), e.g. {missing[:5]}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} tensor(s), e.g. {unexpected[:5]}")
+    return "; ".join(parts) or None
+
+
+def first_shape_mismatch(
+    expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+) -> tuple[str, tuple[int, ...], tuple[int, ...]] | None:
+    """(name, shape in `state`, expected shape) of the first mis-shaped tensor, or None."""
+    for k, v in expected.items():
+        if tuple(v.shape) != tuple(state[k].shape):
+            return k, tuple(state[k].shape), tuple(v.shape)
+    return None
+
+
 def assign_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Check names and shapes against `model`, then assign (works for meta-device models)."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s), e.g. {missing[:5]}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensor(s), e.g. {unexpected[:5]}")
-        raise ModelLoadError(f"{source}: weights do not match the config: " + "; ".join(parts))
-    for k, v in expected.items():
-        if tuple(v.shape) != tuple(state[k].shape):
-            raise ModelLoadError(
-                f"{source}: tensor {k!r} has shape {tuple(state[k].shape)}, the config expects {tuple(v.shape)}"
-            )
+    names = name_mismatch(expected, state)
+    if names:
+        raise ModelLoadError(f"{source}: weights do not match the config: {names}")
+    bad = first_shape_mismatch(expected, state)
+    if bad:
+        raise ModelLoadError(f"{source}: tensor {bad[0]!r} has shape {bad[1]}, the config expects {bad[2]}")
     model.load_state_dict(state, strict=True, assign=True)
 
 
