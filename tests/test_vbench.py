@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import string
 from pathlib import Path
 
 import numpy as np
@@ -191,39 +190,10 @@ def test_cli_errors_unknown_dimension_and_empty_folder(tmp_path, capsys):
 
 def test_evaluate_folder_with_local_clip_weights(tmp_path):
     """The model-backed path through the folder runner: tiny random CLIP saved in the expected layout."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    from test_eval_dimensions import _tiny_clip
 
-    torch.manual_seed(0)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase:
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    cfg = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(vocab),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=32,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        ),
-        vision_config=dict(
-            image_size=224,
-            patch_size=32,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-        ),
-        projection_dim=8,
-    )
     weights = tmp_path / "weights"
-    CLIPModel(cfg).save_pretrained(weights / "clip-vit-base-patch32")
-    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(weights / "clip-vit-base-patch32")
+    _tiny_clip(weights / "clip-vit-base-patch32")
     folder = tmp_path / "videos"
     _write_folder(folder, n=2)
     run = R.evaluate_folder(

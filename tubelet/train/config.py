@@ -230,11 +230,3 @@ def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
             _merge(dst[k], v)
         else:
             dst[k] = v
-
-
-def train_config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return config_to_dict(cfg)
-
-
-def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
-    return dataclasses.replace(cfg, **changes)

@@ -7,14 +7,13 @@ and exports the final model directory. The training loop (`trainer.py`) is share
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from tubelet.errors import ConfigError, ModelLoadError
+from tubelet.errors import ConfigError
 from tubelet.train.config import TrainConfig
 
 
@@ -319,9 +318,3 @@ def build_task(
     if cfg.task == "vae":
         return VAETask(cfg, device)
     raise ConfigError(f"unknown task {cfg.task!r}; expected 'dit' or 'vae'")
-
-
-def copy_dir(src: Path, dst: Path) -> None:
-    if not src.is_dir():
-        raise ModelLoadError(f"{src}: directory not found")
-    shutil.copytree(src, dst, dirs_exist_ok=True)
