@@ -262,6 +262,35 @@ def test_per_frame_t_conditions_each_frame():
     assert not torch.allclose(a, b)
 
 
+def test_per_frame_t_with_temporal_patches_uses_each_token_frames_largest_t():
+    """With pt > 1, t may come per input frame (B, F): a token frame takes its frames' largest t."""
+    model = tiny_model(seed=5, patch_size=(2, 2, 2))
+    x, _, ctx = inputs(2, 4, 4, 4)
+    per_frame = torch.tensor([[0.0, 300.0, 0.0, 0.0], [700.0, 700.0, 200.0, 100.0]])
+    per_token_frame = torch.tensor([[300.0, 0.0], [700.0, 200.0]])
+    with torch.no_grad():
+        assert torch.equal(model(x, per_frame, ctx), model(x, per_token_frame, ctx))
+
+
+def test_x0_prediction_returns_the_velocity_of_its_clean_estimate():
+    """prediction="x0": forward returns (x - x0_hat) / max(s, x0_min_s), per frame where t is per frame."""
+    model = tiny_model(seed=6, patch_size=(2, 2, 2), prediction="x0", x0_min_s=0.05)
+    x, _, ctx = inputs(2, 4, 4, 4)
+    t = torch.tensor([[500.0, 500.0, 10.0, 10.0], [1000.0, 1000.0, 250.0, 250.0]])
+    with torch.no_grad():
+        v = model(x, t, ctx)
+        model.config.prediction = "velocity"  # same weights: the head's raw output is x0_hat
+        x0_hat = model(x, t, ctx)
+    s = torch.tensor([[0.5, 0.5, 0.05, 0.05], [1.0, 1.0, 0.25, 0.25]]).view(2, 1, 4, 1, 1)
+    torch.testing.assert_close(v, (x - x0_hat) / s, rtol=1e-5, atol=1e-5)
+    # A fresh x0 model predicts x0_hat = 0 (the zero head), i.e. v = x / s.
+    fresh = VideoDiT(dit_config({**_tiny_dict(), "prediction": "x0"})).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fresh(x, torch.tensor([200.0, 800.0]), ctx), x / torch.tensor([0.2, 0.8]).view(2, 1, 1, 1, 1)
+        )
+
+
 def test_context_mask_hides_tokens():
     model = tiny_model(seed=5)
     x, t, ctx = inputs(2, 2, 4, 6, length=9)
@@ -341,6 +370,10 @@ def test_config_errors():
         DiTConfig(dim=12, num_heads=4, num_layers=1, ffn_dim=8, text_dim=8)
     with pytest.raises(ConfigError, match="patch_size"):
         DiTConfig(dim=32, num_heads=2, num_layers=1, ffn_dim=8, text_dim=8, patch_size=(1, 2))
+    with pytest.raises(ConfigError, match="prediction"):
+        DiTConfig(dim=32, num_heads=2, num_layers=1, ffn_dim=8, text_dim=8, prediction="eps")
+    with pytest.raises(ConfigError, match="out_channels == in_channels"):
+        DiTConfig(dim=32, num_heads=2, num_layers=1, ffn_dim=8, text_dim=8, out_channels=3, prediction="x0")
 
 
 # --------------------------------------------------------------------------------------------

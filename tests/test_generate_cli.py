@@ -205,6 +205,16 @@ def test_eval_oracle_suite(model_dir: Path, tmp_path: Path, capsys: pytest.Captu
     assert 0.0 <= report["accuracy"] <= 1.0 and "color" in report["per_attribute"]
     assert len(list(vids.glob("*.mp4"))) == 3
     run_ok("eval", "oracle", "--videos", str(vids), "--no-progress")  # the written clips re-score
+    # sampling overrides and --limit reach the generation
+    quick = tmp_path / "quick.json"
+    run_ok(
+        "eval", "oracle", "--suite", str(suite), "--model", str(model_dir), "--out", str(quick), "--limit", "2",
+        "--steps", "3", "--guidance", "1.5", "--sampler", "euler", "--no-progress",
+    )  # fmt: skip
+    q = json.loads(quick.read_text(encoding="utf-8"))
+    assert q["num_clips"] == 2
+    assert (q["settings"]["num_inference_steps"], q["settings"]["guidance_scale"], q["settings"]["sampler"]) == (
+        3, 1.5, "euler")  # fmt: skip
 
     # the library call matches one generation per prompt
     from tubelet.eval.oracle import score_clip
@@ -228,6 +238,9 @@ def test_eval_oracle_suite(model_dir: Path, tmp_path: Path, capsys: pytest.Captu
     )
     assert "--model only applies" in run_error(
         capsys, "eval", "oracle", "--videos", str(vids), "--model", str(model_dir)
+    )
+    assert "--steps only applies" in run_error(
+        capsys, "eval", "oracle", "--videos", str(vids), "--steps", "4"
     )
     broken = tmp_path / "broken.jsonl"
     broken.write_text(

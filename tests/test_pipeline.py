@@ -317,3 +317,40 @@ def test_pixel_space_conditioning() -> None:
     )
     with pytest.raises(TubeletError, match="pixel-space model has 4 input channels"):
         gen(odd, "image_to_video", PROMPT, image)
+
+
+def test_pixel_space_tubelets_every_task() -> None:
+    """A pixel-space x0-prediction model with (4, 4, 4) tubelets (the default model's design) runs every
+    task; known frames come back exactly and frame counts must fill whole tubelets."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(
+        DIT_PRESETS["tiny"], in_channels=3, out_channels=3, patch_size=(4, 4, 4), prediction="x0"
+    )
+    dit = VideoDiT(cfg)
+    dit.init_weights(zero_head=False)
+    pcfg = PipelineConfig(height=16, width=16, num_frames=16, num_inference_steps=2, guidance_scale=2.0)
+    pix = TextToVideoPipeline(dit, ByteTextEncoder(BYTE_TEXT_PRESETS["tiny"]), None, pcfg)
+    image = rand_frames(1, 16, 16, seed=8)[0]
+    clip, other = rand_frames(20, 16, 16, seed=9), rand_frames(12, 16, 16, seed=10)
+
+    t2v = gen(pix, "__call__", PROMPT)
+    assert t2v.frames.shape == (16, 16, 16, 3)
+    i2v = gen(pix, "image_to_video", PROMPT, image, last_image=image)
+    assert np.abs(i2v.frames[[0, -1]].astype(int) - image.astype(int)).max() <= 1
+    ext = gen(pix, "extend", PROMPT, clip)
+    assert np.abs(ext.frames[:8].astype(int) - clip[-8:].astype(int)).max() <= 1
+    back = gen(pix, "extend", PROMPT, clip, backward=True)
+    assert np.abs(back.frames[-8:].astype(int) - clip[:8].astype(int)).max() <= 1
+    con = gen(pix, "connect", PROMPT, clip, other)
+    assert con.metadata["known_latent_frames"] == [0, 1, 2, 3, 4, 11, 12, 13, 14, 15]  # the default context
+    assert np.abs(con.frames[:5].astype(int) - clip[-5:].astype(int)).max() <= 1
+    assert np.abs(con.frames[11:].astype(int) - other[:5].astype(int)).max() <= 1
+    loop = gen(pix, "loop", PROMPT)
+    # one extra tubelet of closing frames (copies of frame 0) is sampled and dropped
+    assert loop.frames.shape[0] == 16 and loop.metadata["known_latent_frames"] == [0, 16, 17, 18, 19]
+    assert loop.latents is not None and loop.latents.shape[1] == 20
+    assert np.array_equal(loop.frames[0], t2v.frames[0])  # pass 1 is the plain sample
+    edit = gen(pix, "edit", PROMPT, clip, strength=0.5)
+    assert edit.frames.shape[0] == 20
+    with pytest.raises(TubeletError, match="multiples of 4 frames"):
+        gen(pix, "__call__", PROMPT, num_frames=17)

@@ -202,3 +202,38 @@ def test_latent_cache_feeds_training(shapes_data: Path, tmp_path: Path) -> None:
     )
     assert res.step == 2
     assert (tmp_path / "r" / "model" / "vae" / "config.json").is_file()
+
+
+def test_export_checkpoint_matches_the_runs_own_export(shapes_data: Path, tmp_path: Path) -> None:
+    from tubelet.cli import main
+    from tubelet.train.trainer import export_checkpoint
+
+    run = tmp_path / "run"
+    train(tiny(max_steps=4, save_every=2, keep_last=2), shapes_data, run, progress=False)
+    # The last checkpoint's EMA weights are what the run exported at its end.
+    out = export_checkpoint(run, tmp_path / "exp")
+    for sub in ("transformer", "text_encoder"):
+        a = load_safetensors(run / "model" / sub / "model.safetensors")
+        b = load_safetensors(out / sub / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), sub
+    # An earlier step, raw weights, stored in float16 (half the bytes); the directory generates.
+    half = export_checkpoint(run, tmp_path / "half", step=2, use_ema=False, dtype=torch.float16)
+    w = load_safetensors(half / "transformer" / "model.safetensors")
+    assert all(v.dtype == torch.float16 for v in w.values())
+    from tubelet.pipeline import TextToVideoPipeline
+
+    res = TextToVideoPipeline.from_pretrained(half)(
+        "a red circle moving right", seed=0, num_inference_steps=2, progress=False
+    )
+    assert res.frames.shape == (5, 16, 16, 3)
+    with pytest.raises(TubeletError, match="no checkpoint at step 3"):
+        export_checkpoint(run, tmp_path / "x", step=3)
+    with pytest.raises(TubeletError, match="not a training run"):
+        export_checkpoint(tmp_path / "nowhere", tmp_path / "x")
+    # The CLI: the path printed; a bad dtype is one clear error and exit status 1.
+    with pytest.raises(SystemExit) as ok:
+        main(["export", str(run), "-o", str(tmp_path / "cli"), "--step", "2"])
+    assert ok.value.code == 0 and (tmp_path / "cli" / "transformer" / "model.safetensors").is_file()
+    with pytest.raises(SystemExit) as bad:
+        main(["export", str(run), "-o", str(tmp_path / "cli2"), "--dtype", "int8"])
+    assert bad.value.code == 1 and not (tmp_path / "cli2").exists()

@@ -100,8 +100,8 @@ class PipelineConfig:
 class VideoResult:
     """One generated clip: frames (T, H, W, 3) uint8, fps and the settings that made it.
 
-    `latents` holds the sampled normalised latents (C, F', H', W') on the CPU (for `loop`, F' + 1:
-    the closing latent frame is sampled but not decoded); it is not written by `save`.
+    `latents` holds the sampled normalised latents (C, F', H', W') on the CPU (for `loop`, F' + u:
+    the closing latent frames are sampled but not decoded); it is not written by `save`.
     """
 
     frames: np.ndarray
@@ -292,6 +292,11 @@ class TextToVideoPipeline:
         p = self.transformer.config.patch_size
         if self.vae is None:
             c, f, h, w = self.transformer.config.in_channels, num_frames, height, width
+            if num_frames < 1 or num_frames % p[0]:
+                ok = [p[0] * k for k in range(1, 6)]
+                raise TubeletError(
+                    f"num_frames={num_frames}: this model makes multiples of {p[0]} frames, e.g. {ok}"
+                )
         else:
             sf, tf = self.vae.spatial_factor, self.vae.temporal_factor
             if num_frames < 1 or (num_frames - 1) % tf:
@@ -543,10 +548,11 @@ class TextToVideoPipeline:
         """A seamless loop: played repeatedly, the last frame leads back into the first.
 
         Two passes. Pass 1 is the plain text-to-video sample (same seed -> same first frame as
-        `pipe(prompt, seed=...)`). Pass 2 samples F' + 1 latent frames with latent 0 kept from pass 1
-        and the extra closing latent = the still encoding of frame 0 (the first_last task); the
-        closing latent is not decoded, so the num_frames output frames end right before the clip
-        returns to its first frame. Twice the sampling cost of one clip.
+        `pipe(prompt, seed=...)`). Pass 2 samples F' + u latent frames (u = the transformer's temporal
+        patch size, 1 for the latent models, 4 for the default pixel model: one more token frame) with
+        latent 0 kept from pass 1 and the u closing latents = the still encoding of frame 0 (the
+        first_last task); the closing latents are not decoded, so the num_frames output frames end
+        right before the clip returns to its first frame. Twice the sampling cost of one clip.
         """
         callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
         job = self._job(prompt, **kwargs)
@@ -557,24 +563,26 @@ class TextToVideoPipeline:
                 f"loop needs at least 2 latent frames: num_frames >= {self._video_frames(2)}, got {job.num_frames}"
             )
         self._check_conditioning()
-        closed = self.latent_shape(self._video_frames(f + 1), job.height, job.width)  # (C, F' + 1, H', W')
+        u = self.transformer.config.patch_size[0]
+        closed = self.latent_shape(self._video_frames(f + u), job.height, job.width)  # (C, F' + u, H', W')
         b = len(job.prompts)
         with _Progress(progress, passes=2) as bar:
             z1, _ = self._sample(job, self._noise(job, shape), progress=bar, callback=callback)
             first = self.decode(z1[:, :, :1])  # (B, 3, 1, H, W): frame 0 (the decoder is causal)
             known = torch.zeros(b, *closed, device=self.device)
             known[:, :, :1] = z1[:, :, :1]
-            known[:, :, -1:] = self._encode_still(first)
-            mask = torch.zeros(b, f + 1, dtype=torch.bool, device=self.device)
-            mask[:, 0] = mask[:, -1] = True
+            known[:, :, f:] = self._encode_still(first)  # broadcast over the u closing latents
+            mask = torch.zeros(b, f + u, dtype=torch.bool, device=self.device)
+            mask[:, 0] = True
+            mask[:, f:] = True
             z, shift = self._sample(
                 job, self._noise(job, closed), known=known, mask=mask, progress=bar, callback=callback
             )
         extra = {
             "task": "loop",
-            "known_latent_frames": [0, f],
+            "known_latent_frames": [0, *range(f, f + u)],
             "new_frames": [[1, job.num_frames]],
-            "closing_latent": f"latent frame {f} (still encoding of frame 0) is sampled, not decoded",
+            "closing_latent": f"latent frames {f}..{f + u - 1} (still encoding of frame 0) are sampled, not decoded",
         }
         return self._finish(job, z, shift, extra, decode=z[:, :, :f])
 

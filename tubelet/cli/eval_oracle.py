@@ -32,6 +32,18 @@ def oracle(
         None, "--videos-out", help="With --suite: also write the generated clips + captions.jsonl here."
     ),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="With --suite: prompts per model call."),
+    steps: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--steps", min=1, help="With --suite: sampling steps (default: the model's)."
+    ),
+    guidance: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--guidance", help="With --suite: classifier-free guidance scale (default: the model's)."
+    ),
+    sampler: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--sampler", help="With --suite: euler | unipc | dpmpp_2m (default: the model's)."
+    ),
+    limit: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--limit", min=1, help="With --suite: only the first N prompts (a quick check)."
+    ),
     device: str = typer.Option("auto", "--device", help="With --suite: auto (cuda if available), cpu, cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -49,7 +61,9 @@ def oracle(
     if (videos is None) == (suite is None):
         raise TubeletError("pass either --videos DIR (score a folder) or --suite FILE (generate, then score)")
     if videos is not None:
-        for flag, value in (("--model", model), ("--videos-out", videos_out)):
+        suite_only = (("--model", model), ("--videos-out", videos_out), ("--steps", steps), ("--guidance", guidance),
+                      ("--sampler", sampler), ("--limit", limit))  # fmt: skip
+        for flag, value in suite_only:
             if value is not None:
                 raise TubeletError(f"{flag} only applies to --suite")
         if not videos.is_dir():
@@ -62,8 +76,14 @@ def oracle(
         from tubelet.eval.suite import evaluate_model, read_suite
 
         items = read_suite(suite)  # a broken suite fails before the model loads
+        if limit is not None:
+            items = items[:limit]
         pipe = load_pipeline(model, device)
-        report = evaluate_model(pipe, items, batch_size=batch_size, videos_out=videos_out, progress=progress)
+        overrides = {"num_inference_steps": steps, "guidance_scale": guidance, "sampler": sampler}
+        report = evaluate_model(
+            pipe, items, batch_size=batch_size, videos_out=videos_out, progress=progress,
+            **{k: v for k, v in overrides.items() if v is not None},
+        )  # fmt: skip
         report["suite"] = str(suite)
         default = (
             videos_out / "oracle.json"

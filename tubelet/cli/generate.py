@@ -70,7 +70,9 @@ def generate(
     model: Optional[Path] = typer.Option(  # noqa: UP045 - typer needs Optional on py3.10
         None, "--model", "-m", help="Pipeline directory or training run (default: the embedded model)."
     ),
-    frames: Optional[int] = typer.Option(None, "--frames", help="Frames, 1 + 4k (default: the model's)."),  # noqa: UP045
+    frames: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--frames", help="Frame count (default: the model's; the model names the counts it can make)."
+    ),
     height: Optional[int] = typer.Option(None, "--height", help="Height in pixels (default: the model's)."),  # noqa: UP045
     width: Optional[int] = typer.Option(None, "--width", help="Width in pixels (default: the model's)."),  # noqa: UP045
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's)."),  # noqa: UP045

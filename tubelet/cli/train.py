@@ -94,6 +94,27 @@ def presets_cmd() -> None:
         typer.echo(f"{name:16s} task={cfg.task} max_steps={cfg.max_steps}")
 
 
+@app.command("export")
+def export_cmd(
+    run: Path = typer.Argument(..., help="Run directory of a DiT training run."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
+    step: int | None = typer.Option(None, "--step", help="Checkpoint step (default: the latest)."),
+    no_ema: bool = typer.Option(False, "--no-ema", help="Export the raw weights instead of the EMA ones."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16 (stored weights)."),
+) -> None:
+    """Export a model directory from a run's checkpoint (e.g. while it is still training)."""
+    import torch
+
+    from tubelet.errors import TubeletError
+    from tubelet.train.trainer import export_checkpoint
+
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in dtypes:
+        raise TubeletError(f"--dtype {dtype!r}: choose one of {sorted(dtypes)}")
+    d = export_checkpoint(run, out, step=step, use_ema=not no_ema, dtype=dtypes[dtype])
+    typer.echo(str(Path(d).resolve()))
+
+
 @data_app.command("cache")
 def cache_cmd(
     data: Path = typer.Argument(..., help="Dataset directory."),

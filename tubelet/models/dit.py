@@ -63,6 +63,13 @@ class DiTConfig:
     # Wan precomputes RoPE for positions < rope_max_seq_len per axis; tubelet computes the angles
     # for any grid (identical values), so this is kept for reference / conversion round trips.
     rope_max_seq_len: int = 1024
+    # What the output head predicts. "velocity" (Wan): the head's output is v = noise - x0.
+    # "x0": the head predicts the clean sample and forward() returns v = (x - x0_hat) / max(s, x0_min_s).
+    # x0-prediction is what makes pixel-space patches wider than the model work (Li & He 2025,
+    # "Back to Basics: Let Denoising Generative Models Denoise"): clean patches lie near a
+    # low-dimensional manifold a narrow model can represent, while noise and velocity do not.
+    prediction: str = "velocity"
+    x0_min_s: float = 0.05
 
     def __post_init__(self) -> None:
         for name in (
@@ -93,6 +100,12 @@ class DiTConfig:
             )
         if self.freq_dim % 2:
             raise ConfigError(f"DiTConfig.freq_dim must be even, got {self.freq_dim}")
+        if self.prediction not in ("velocity", "x0"):
+            raise ConfigError(f"DiTConfig.prediction must be 'velocity' or 'x0', got {self.prediction!r}")
+        if self.prediction == "x0" and self.out_channels != self.in_channels:
+            raise ConfigError("DiTConfig: prediction 'x0' needs out_channels == in_channels")
+        if not 0.0 < self.x0_min_s <= 1.0:
+            raise ConfigError(f"DiTConfig.x0_min_s must be in (0, 1], got {self.x0_min_s}")
 
     @property
     def head_dim(self) -> int:
@@ -108,6 +121,19 @@ DIT_PRESETS: dict[str, DiTConfig] = {
     "small": DiTConfig(dim=256, num_heads=4, num_layers=6, ffn_dim=1024, text_dim=256),
     # The embedded default model (16 x 5 x 8 x 8 latents of the shapes VAE -> 80 tokens).
     "shapes": DiTConfig(dim=256, num_heads=4, num_layers=8, ffn_dim=1024, text_dim=256),
+    # The embedded default model: pixel space, 16 x 64 x 64 RGB clips in (4, 8, 8) tubelets ->
+    # 4 x 8 x 8 = 256 tokens of 768 values each, wider than the model, hence x0-prediction.
+    "shapes-pixel": DiTConfig(
+        dim=256,
+        num_heads=4,
+        num_layers=8,
+        ffn_dim=1024,
+        text_dim=256,
+        in_channels=3,
+        out_channels=3,
+        patch_size=(4, 8, 8),
+        prediction="x0",
+    ),
     "wan2.1-1.3b": DiTConfig(dim=1536, num_heads=12, num_layers=30, ffn_dim=8960, text_dim=4096),
     "wan2.1-14b": DiTConfig(dim=5120, num_heads=40, num_layers=40, ffn_dim=13824, text_dim=4096),
 }
@@ -282,10 +308,11 @@ class VideoDiT(nn.Module, PretrainedMixin):
             t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
         if t.ndim == 0:
             t = t.expand(b)
-        if not ((t.ndim == 1 and t.shape[0] == b) or (t.ndim == 2 and tuple(t.shape) == (b, f // pt))):
+        ok = (t.ndim == 1 and t.shape[0] == b) or (t.ndim == 2 and tuple(t.shape) in ((b, f // pt), (b, f)))
+        if not ok:
             raise ValueError(
-                f"t must have shape (B,) = ({b},) or one timestep per latent frame (B, F') = {(b, f // pt)}, "
-                f"got {tuple(t.shape)}"
+                f"t must have shape (B,) = ({b},), one timestep per frame (B, F) = {(b, f)} or per "
+                f"token frame (B, F') = {(b, f // pt)}, got {tuple(t.shape)}"
             )
         if context.ndim != 3 or context.shape[0] != b or context.shape[2] != c.text_dim:
             raise ValueError(
@@ -308,8 +335,9 @@ class VideoDiT(nn.Module, PretrainedMixin):
     def forward(self, x: Tensor, t: Tensor, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
         """Predict the flow-matching velocity.
 
-        x: (B, C, F, H, W) latents; t: (B,) timesteps in [0, 1000] or (B, F') one per latent frame
-        (F' = F / pt); context: (B, L, text_dim) text embeddings; context_mask: optional (B, L) bool,
+        x: (B, C, F, H, W) latents; t: (B,) timesteps in [0, 1000], (B, F) one per input frame or
+        (B, F') one per token frame (F' = F / pt; per-frame times are reduced to their token frame's
+        largest, so a token holding any noisy frame is told it is noisy); context: (B, L, text_dim) text embeddings; context_mask: optional (B, L) bool,
         True = real token (masked tokens are ignored by cross-attention). Returns (B, C_out, F, H, W).
         """
         t = self._check_inputs(x, t, context, context_mask)
@@ -325,6 +353,9 @@ class VideoDiT(nn.Module, PretrainedMixin):
         tokens = linear(patches.reshape(b, n, -1).to(dtype), self.patch_embed)  # (B, N, D)
 
         # Time conditioning: (B, T, D) with T = 1 (one t per sample) or F' (one per frame).
+        t_in = t
+        if t.ndim == 2 and pt > 1 and t.shape[1] == f:
+            t = t.view(b, gf, pt).amax(dim=2)  # (B, F')
         tt = t[:, None] if t.ndim == 1 else t  # (B, T)
         groups = tt.shape[1]
         temb = self.time_embed(timestep_embedding(tt, c.freq_dim).to(dtype))  # (B, T, D)
@@ -346,7 +377,19 @@ class VideoDiT(nn.Module, PretrainedMixin):
         h = modulated_layer_norm(h, mod[:, :, 1], mod[:, :, 0], c.eps)
         out = linear(h.reshape(b, n, c.dim), self.proj_out)  # (B, N, pt*ph*pw*C_out)
         out = out.reshape(b, gf, gh, gw, pt, ph, pw, c.out_channels).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return out.reshape(b, c.out_channels, f, hh, ww)
+        out = out.reshape(b, c.out_channels, f, hh, ww)
+        if c.prediction == "x0":
+            out = self.x0_to_velocity(x, out, t_in)
+        return out
+
+    def x0_to_velocity(self, x: Tensor, x0: Tensor, t: Tensor) -> Tensor:
+        """v = (x - x0) / max(s, x0_min_s) with s = t / 1000; t (B,), (B, F) or (B, F'). float32."""
+        b, _, f, _, _ = x.shape
+        s = t.float() / 1000.0
+        if s.ndim == 2 and s.shape[1] != f:
+            s = s.repeat_interleave(f // s.shape[1], dim=1)  # (B, F)
+        s = s.view(b, 1, -1, 1, 1) if s.ndim == 2 else s.view(b, 1, 1, 1, 1)
+        return (x.float() - x0.float()) / s.clamp_min(self.config.x0_min_s)
 
     def num_parameters(self) -> int:
         """Total number of parameters (works on the meta device)."""

@@ -408,6 +408,59 @@ def _export(task: Any, model: nn.Module, run: Path, batches: Any) -> Path:
     return out
 
 
+def export_checkpoint(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    step: int | None = None,
+    use_ema: bool = True,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write a model directory from a DiT run's checkpoint (the latest, or `step`) without training.
+
+    Uses the run's own `config.json` to rebuild the model, loads the checkpoint's EMA weights (or the
+    raw weights with `use_ema=False`), optionally casts them to `dtype` (e.g. torch.float16 to halve
+    the size of a shipped model), and exports exactly what the end of the run would have exported.
+    """
+    from tubelet.config import config_from_dict
+    from tubelet.models.hub import load_safetensors
+    from tubelet.train.config import TrainConfig
+
+    run = Path(run_dir)
+    cfg_file = run / "config.json"
+    if not cfg_file.is_file():
+        raise TubeletError(f"{run}: not a training run (no config.json)")
+    cfg = config_from_dict(TrainConfig, json.loads(cfg_file.read_text(encoding="utf-8")), where=str(cfg_file))
+    if cfg.task != "dit":
+        raise TubeletError(
+            f"{run}: exporting a {cfg.task!r} checkpoint is not supported (a VAE export needs data for its "
+            "latent statistics: resume the run with --max-steps at the step you want instead)"
+        )
+    found = ckpt.list_checkpoints(run)
+    if not found:
+        raise TubeletError(f"{run}: no checkpoints under {run / 'checkpoints'}")
+    if step is None:
+        path = found[-1]
+    else:
+        path = ckpt.step_dir(run, step)
+        if not path.is_dir():
+            have = ", ".join(str(int(p.name.split("-")[1])) for p in found)
+            raise TubeletError(f"{run}: no checkpoint at step {step} (have: {have})")
+    task = build_task(cfg, torch.device("cpu"))
+    model = task.model
+    state = load_safetensors(path / "model.safetensors")
+    ema_file = path / "ema.safetensors"
+    if use_ema:
+        if not ema_file.is_file():
+            raise TubeletError(f"{path}: has no EMA weights (ema_decay was 0); pass use_ema=False / --no-ema")
+        state.update(load_safetensors(ema_file))
+    model.load_state_dict(state)
+    model.eval()
+    if dtype is not None:
+        model.to(dtype)
+    return task.export(model, Path(out))
+
+
 def default_num_threads() -> None:
     """Use all cores for intra-op parallelism unless the user set OMP_NUM_THREADS."""
     if "OMP_NUM_THREADS" not in os.environ:
