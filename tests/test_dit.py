@@ -214,6 +214,18 @@ def test_fresh_model_predicts_zero_velocity():
     assert w.abs().max() <= math.sqrt(6 / (2 * 32)) and w.abs().max() > math.sqrt(6 / (4 * 32))
 
 
+def test_xavier_embedders_carry_the_prompt():
+    """embed_init="xavier" (the default model's) initialises the text/time embedders like the other
+    linears; Wan's N(0, 0.02) shrinks a unit-scale 32-wide text feature ~20x."""
+    torch.manual_seed(0)
+    ctx = torch.randn(2, 5, TEXT_DIM)
+    wan = VideoDiT(dit_config(_tiny_dict()))
+    xav = VideoDiT(dit_config({**_tiny_dict(), "embed_init": "xavier"}))
+    assert wan.text_embed.fc1.weight.std() < 0.025
+    assert xav.text_embed.fc1.weight.std() > 0.1
+    assert xav.text_embed(ctx).std() > 5 * wan.text_embed(ctx).std()
+
+
 def test_gradients_reach_every_parameter():
     model = tiny_model(seed=2).train()
     x, t, ctx = inputs(2, 2, 4, 4)
@@ -370,6 +382,8 @@ def test_config_errors():
         DiTConfig(dim=12, num_heads=4, num_layers=1, ffn_dim=8, text_dim=8)
     with pytest.raises(ConfigError, match="patch_size"):
         DiTConfig(dim=32, num_heads=2, num_layers=1, ffn_dim=8, text_dim=8, patch_size=(1, 2))
+    with pytest.raises(ConfigError, match="embed_init"):
+        DiTConfig(dim=32, num_heads=2, num_layers=1, ffn_dim=8, text_dim=8, embed_init="zeros")
     with pytest.raises(ConfigError, match="prediction"):
         DiTConfig(dim=32, num_heads=2, num_layers=1, ffn_dim=8, text_dim=8, prediction="eps")
     with pytest.raises(ConfigError, match="out_channels == in_channels"):

@@ -70,6 +70,11 @@ class DiTConfig:
     # low-dimensional manifold a narrow model can represent, while noise and velocity do not.
     prediction: str = "velocity"
     x0_min_s: float = 0.05
+    # Initialisation of the text and time embedders: "wan" = N(0, 0.02) (sized for umT5's 4096-wide
+    # features), "xavier" = like every other linear (for narrow, jointly trained text encoders: with
+    # N(0, 0.02) a 256-wide byte encoder's prompts differed by 0.2% in the cross-attention outputs, and
+    # the model ignored its prompts after 200 steps).
+    embed_init: str = "wan"
 
     def __post_init__(self) -> None:
         for name in (
@@ -104,6 +109,8 @@ class DiTConfig:
             raise ConfigError(f"DiTConfig.prediction must be 'velocity' or 'x0', got {self.prediction!r}")
         if self.prediction == "x0" and self.out_channels != self.in_channels:
             raise ConfigError("DiTConfig: prediction 'x0' needs out_channels == in_channels")
+        if self.embed_init not in ("wan", "xavier"):
+            raise ConfigError(f"DiTConfig.embed_init must be 'wan' or 'xavier', got {self.embed_init!r}")
         if not 0.0 < self.x0_min_s <= 1.0:
             raise ConfigError(f"DiTConfig.x0_min_s must be in (0, 1], got {self.x0_min_s}")
 
@@ -133,6 +140,7 @@ DIT_PRESETS: dict[str, DiTConfig] = {
         out_channels=3,
         patch_size=(4, 8, 8),
         prediction="x0",
+        embed_init="xavier",
     ),
     "wan2.1-1.3b": DiTConfig(dim=1536, num_heads=12, num_layers=30, ffn_dim=8960, text_dim=4096),
     "wan2.1-14b": DiTConfig(dim=5120, num_heads=40, num_layers=40, ffn_dim=13824, text_dim=4096),
@@ -263,7 +271,7 @@ class VideoDiT(nn.Module, PretrainedMixin):
     @torch.no_grad()
     def init_weights(self, zero_head: bool = True) -> None:
         """Wan's initialisation: Xavier-uniform linears (each of the fused q/k/v parts on its own),
-        zero biases, N(0, 0.02) text/time embedders, and (`zero_head`) a zero output projection, so a
+        zero biases, N(0, 0.02) text/time embedders (Xavier with `embed_init="xavier"`), and (`zero_head`) a zero output projection, so a
         fresh model predicts zero velocity. Modulation tables keep their N(0, 1/dim) init."""
         d = self.config.dim
         fused = {id(lin) for blk in self.blocks for lin in (blk.self_attn.qkv, blk.cross_attn.kv)}
@@ -273,9 +281,10 @@ class VideoDiT(nn.Module, PretrainedMixin):
                 for w in m.weight.view(parts, -1, m.weight.shape[1]):
                     nn.init.xavier_uniform_(w)
                 nn.init.zeros_(m.bias)
-        for mlp in (self.text_embed, self.time_embed):
-            nn.init.normal_(mlp.fc1.weight, std=0.02)
-            nn.init.normal_(mlp.fc2.weight, std=0.02)
+        if self.config.embed_init == "wan":
+            for mlp in (self.text_embed, self.time_embed):
+                nn.init.normal_(mlp.fc1.weight, std=0.02)
+                nn.init.normal_(mlp.fc2.weight, std=0.02)
         if zero_head:
             nn.init.zeros_(self.proj_out.weight)
 
