@@ -226,8 +226,26 @@ def test_xavier_embedders_carry_the_prompt():
     assert xav.text_embed(ctx).std() > 5 * wan.text_embed(ctx).std()
 
 
-def test_gradients_reach_every_parameter():
-    model = tiny_model(seed=2).train()
+def test_pooled_text_conditions_the_modulation_and_ignores_padding():
+    model = tiny_model(seed=7, pooled_text=True)
+    x, t, ctx = inputs(2, 2, 4, 4, length=6)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[:, 4:] = False
+    padded = ctx.clone()
+    padded[:, 4:] = 100.0  # masked tokens: neither cross-attention nor the pooled vector may see them
+    with torch.no_grad():
+        a = model(x, t, ctx, mask)
+        assert rel_err(model(x, t, padded, mask), a) <= TOL
+        model.pooled_embed.fc2.weight.zero_()
+        model.pooled_embed.fc2.bias.zero_()
+        assert rel_err(model(x, t, ctx, mask), a) > 1e-3  # the pooled path mattered
+    plain = tiny_model(seed=7)
+    assert plain.pooled_embed is None and not any("pooled" in n for n in plain.state_dict())
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_gradients_reach_every_parameter(pooled):
+    model = tiny_model(seed=2, pooled_text=pooled).train()
     x, t, ctx = inputs(2, 2, 4, 4)
     model(x, t, ctx).square().mean().backward()
     for name, p in model.named_parameters():

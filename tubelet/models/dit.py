@@ -75,6 +75,10 @@ class DiTConfig:
     # N(0, 0.02) a 256-wide byte encoder's prompts differed by 0.2% in the cross-attention outputs, and
     # the model ignored its prompts after 200 steps).
     embed_init: str = "wan"
+    # Also condition the adaLN modulation on the masked mean of the text states (SD3/Flux add a pooled
+    # text vector to the timestep embedding): a direct path for global attributes that does not depend
+    # on cross-attention finding the right words. Off for Wan.
+    pooled_text: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -260,6 +264,7 @@ class VideoDiT(nn.Module, PretrainedMixin):
         self.patch_embed = nn.Linear(c.in_channels * c.patch_volume, c.dim)
         self.text_embed = MLP(c.text_dim, c.dim, c.dim, activation="gelu_tanh")
         self.time_embed = MLP(c.freq_dim, c.dim, c.dim, activation="silu")
+        self.pooled_embed = MLP(c.text_dim, c.dim, c.dim, activation="silu") if c.pooled_text else None
         self.time_mod = nn.Linear(c.dim, 6 * c.dim)
         self.blocks = nn.ModuleList([DiTBlock(c) for _ in range(c.num_layers)])
         self.head_modulation = nn.Parameter(torch.randn(2, c.dim) / c.dim**0.5)  # shift, scale
@@ -368,6 +373,13 @@ class VideoDiT(nn.Module, PretrainedMixin):
         tt = t[:, None] if t.ndim == 1 else t  # (B, T)
         groups = tt.shape[1]
         temb = self.time_embed(timestep_embedding(tt, c.freq_dim).to(dtype))  # (B, T, D)
+        if self.pooled_embed is not None:
+            if context_mask is None:
+                pooled = context.float().mean(dim=1)  # (B, text_dim)
+            else:
+                w = context_mask.to(torch.float32)[:, :, None]  # (B, L, 1)
+                pooled = (context.float() * w).sum(dim=1) / w.sum(dim=1)
+            temb = temb + self.pooled_embed(pooled.to(dtype))[:, None, :]
         time_mod = self.time_mod(F.silu(temb)).unflatten(-1, (6, c.dim))  # (B, T, 6, D)
 
         ctx = self.text_embed(context.to(dtype))  # (B, L, D)
