@@ -249,6 +249,12 @@ class TextToVideoPipeline:
         transformer = VideoDiT.from_pretrained(d / "transformer", device=device)
         text = load_text_encoder(d / "text_encoder", device=device)
         vae = CausalVideoVAE.from_pretrained(d / "vae", device=device) if (d / "vae").is_dir() else None
+        for module in (transformer, text, vae):
+            # float16 is a storage format here (the embedded model ships that way): CPUs compute it
+            # slowly or not at all, so such weights are widened to float32 (`dtype` sets the compute).
+            if module is not None and torch.device(device).type == "cpu":
+                if any(p.dtype == torch.float16 for p in module.parameters()):
+                    module.float()
         pipe = cls(transformer, text, vae, cfg, compute_dtype=dtype)
         pipe.source = str(d)
         return pipe

@@ -145,6 +145,7 @@ DIT_PRESETS: dict[str, DiTConfig] = {
         patch_size=(4, 8, 8),
         prediction="x0",
         embed_init="xavier",
+        pooled_text=True,
     ),
     "wan2.1-1.3b": DiTConfig(dim=1536, num_heads=12, num_layers=30, ffn_dim=8960, text_dim=4096),
     "wan2.1-14b": DiTConfig(dim=5120, num_heads=40, num_layers=40, ffn_dim=13824, text_dim=4096),
