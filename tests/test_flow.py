@@ -343,3 +343,19 @@ def test_loss_rejects_bad_shapes():
         )
     with pytest.raises(ValueError, match="model returned"):
         flow_matching_loss(lambda x, t, c, m=None: x[:, :1], x0, _ctx(), cfg=FlowConfig())
+
+
+def test_shift_mix_draws_each_samples_shift_from_the_list():
+    """shift_mix=[100, 1]: half the noise levels shifted hard towards 1, half left uniform."""
+    cfg = FlowConfig(t_sampling="uniform", shift=100.0, shift_mix=[100, 1])
+    s = sample_timesteps(20000, cfg, torch.Generator().manual_seed(0))
+    assert s.shape == (20000,) and ((s > 0) & (s < 1)).all()
+    # uniform half: P(s < 0.5) = 0.5; shifted half: P(s < 0.5) = P(u < 1/101) ~ 0.01
+    assert abs(float((s < 0.5).float().mean()) - 0.5 * (0.5 + 1 / 101)) < 0.015
+    assert abs(float((s > 0.99).float().mean()) - 0.5 * (0.01 + 1 - 0.99 / (100 - 99 * 0.99))) < 0.015
+    again = sample_timesteps(20000, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(s, again)
+    with pytest.raises(ConfigError, match="shift_mix"):
+        FlowConfig(shift_mix=[])
+    with pytest.raises(ConfigError, match="shift_mix"):
+        FlowConfig(shift_mix=[3, 0])

@@ -76,6 +76,10 @@ class FlowConfig:
     base_tokens: int = 256
     max_tokens: int = 4096
     caption_dropout: float = 0.1
+    # Optional mixture of training shifts: each sample draws its shift uniformly from this list (e.g.
+    # [100, 3]: half the batch where the prompt decides the layout, half where objects are visible).
+    # `shift` (or the resolution rule) still sets the sampling schedule.
+    shift_mix: list[float] | None = None
     p_i2v: float = 0.1
     p_first_last: float = 0.05
     p_extend_forward: float = 0.05
@@ -94,6 +98,12 @@ class FlowConfig:
             raise ConfigError(
                 f"FlowConfig: need 0 < base_tokens < max_tokens, got {self.base_tokens} and {self.max_tokens}"
             )
+        if self.shift_mix is not None:
+            if not self.shift_mix or any(not float(x) > 0 for x in self.shift_mix):
+                raise ConfigError(
+                    f"FlowConfig.shift_mix: a non-empty list of shifts > 0, got {self.shift_mix}"
+                )
+            self.shift_mix = [float(x) for x in self.shift_mix]
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ConfigError(f"FlowConfig.caption_dropout: must be in [0, 1], got {self.caption_dropout}")
         probs = self.task_probs()
@@ -164,16 +174,21 @@ def sample_timesteps(
     """Draw `batch` training noise levels s in (0, 1), float32, on the generator's device (CPU if None).
 
     u ~ logit-normal(cfg.logit_mean, cfg.logit_std) or uniform(0, 1), then s = shift_sigmas(u, shift)
-    with the fixed or resolution-aware shift, clamped to [1e-5, 1 - 1e-5].
+    with the fixed or resolution-aware shift (or, with `cfg.shift_mix`, a shift drawn per sample from
+    that list), clamped to [1e-5, 1 - 1e-5].
     """
     device = _gen_device(generator)
-    shift = effective_shift(cfg, num_tokens)
     if cfg.t_sampling == "logit_normal":
         z = torch.randn(batch, generator=generator, device=device, dtype=torch.float64)
         u = torch.sigmoid(cfg.logit_mean + cfg.logit_std * z)
     else:
         u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
-    s = shift_sigmas(u, shift)
+    if cfg.shift_mix:
+        pick = torch.randint(len(cfg.shift_mix), (batch,), generator=generator, device=device)
+        k = torch.tensor(cfg.shift_mix, dtype=torch.float64, device=device)[pick]  # (B,)
+        s = k * u / (1 + (k - 1) * u)
+    else:
+        s = shift_sigmas(u, effective_shift(cfg, num_tokens))
     return s.clamp(_S_EPS, 1.0 - _S_EPS).to(torch.float32)  # (B,)
 
 
