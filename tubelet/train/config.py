@@ -209,29 +209,15 @@ TRAIN_PRESETS["shapes-t2v"] = TrainConfig(
     ),
 )
 # The latent-path variant, on the shapes VAE (kept for comparison; see docs/model-card.md):
-TRAIN_PRESETS["shapes-t2v-latent"] = TrainConfig(
-    task="dit",
+TRAIN_PRESETS["shapes-t2v-latent"] = dataclasses.replace(
+    TRAIN_PRESETS["shapes-t2v"],
     dit="shapes",  # 16 x 5 x 8 x 8 latents, patch (1, 2, 2): 80 tokens per clip
-    text_encoder={"dim": 256, "num_layers": 2, "num_heads": 4, "ffn_dim": 1024, "max_length": 256},
     vae_path=None,  # set to the shapes-vae run's model dir
     data=DataConfig(fps=8.0, buckets=[Bucket(17, 64, 64, 32)], num_workers=1, random_start=False),
     flow=FlowConfig(caption_dropout=0.1),
     optim=OptimConfig(lr=4e-4, warmup_steps=200, schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0),
-    ema_decay=0.999,
     max_steps=5000,
-    log_every=20,
     save_every=250,
-    samples=SampleConfig(
-        every=1000,
-        prompts=[
-            "a red circle moving right",
-            "a big blue square moving up and a small yellow triangle staying still, on a white background",
-            "一个绿色三角形向左移动",
-            "一个小的紫色圆形向下移动和一个橙色正方形向右移动，黑色背景",
-        ],
-        steps=20,
-        guidance_scale=4.0,
-    ),
 )
 
 
