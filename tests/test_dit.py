@@ -515,3 +515,48 @@ def test_linear_fast_path_matches_reference():
     out = linear(x.requires_grad_(), layer, gelu_tanh=True)  # autograd path
     out.sum().backward()
     assert x.grad is not None and layer.weight.grad is not None
+
+
+def test_refiner_starts_as_the_identity_and_then_sharpens_per_pixel(tmp_path):
+    """refiner_dim > 0: a fresh refiner adds exactly zero (its last conv is zero), so the model equals
+    the head's output; trained weights change the output pixel by pixel (not per patch), save/load
+    round-trips, gradients reach it, and the per-frame noise level is fed in."""
+    base = tiny_model(seed=3, patch_size=(1, 2, 2), prediction="x0")
+    ref = VideoDiT(dit_config({**_tiny_dict(), "patch_size": (1, 2, 2), "prediction": "x0",
+                               "refiner_dim": 8, "refiner_layers": 3, "refiner_features": 4}))  # fmt: skip
+    # Copy the shared weights; the head's first C_out channels per pixel are the base head's.
+    sd = base.state_dict()
+    own = ref.state_dict()
+    for k, v in sd.items():
+        if k.startswith("proj_out"):
+            pv = base.config.patch_volume
+            ov = own[k].view(pv, IN_CH + 4, *own[k].shape[1:]).clone()
+            ov[:, :IN_CH] = v.view(pv, IN_CH, *v.shape[1:])
+            own[k] = ov.view_as(own[k])
+        else:
+            own[k] = v
+    ref.load_state_dict(own)
+    ref.eval()
+    x, t, ctx = inputs(2, 3, 4, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x, t, ctx), base(x, t, ctx))
+    randomise_(ref.refiner, 9)
+    with torch.no_grad():
+        a = ref(x, t, ctx)
+        per_frame = ref(x, torch.stack([t, t * 0.5], dim=1).repeat_interleave(2, 1)[:, :3], ctx)
+    assert not torch.allclose(a, base(x, t, ctx).detach())
+    assert not torch.allclose(a, per_frame)
+    ref.save_pretrained(tmp_path / "dit")
+    again = VideoDiT.from_pretrained(tmp_path / "dit").eval()
+    with torch.no_grad():
+        assert torch.equal(again(x, t, ctx), a)
+    ref.train()
+    ref(x, t, ctx).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ref.refiner.parameters())
+
+
+def test_refiner_config_errors():
+    with pytest.raises(ConfigError, match="refiner_layers"):
+        dit_config({**_tiny_dict(), "refiner_dim": 8, "refiner_layers": 1})
+    with pytest.raises(ConfigError, match="refiner_dim"):
+        dit_config({**_tiny_dict(), "refiner_dim": -1})

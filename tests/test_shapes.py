@@ -363,3 +363,23 @@ def test_write_dataset_refuses_foreign_directory(tmp_path: Path):
     with pytest.raises(DataError, match="size"):
         write_dataset(tmp_path / "new", 1, size=4, progress=False)
     assert not (tmp_path / "new").exists()
+
+
+def test_write_dataset_with_workers_writes_the_same_dataset(tmp_path: Path):
+    """workers > 1: the same captions, scenes and decoded frames, in the same order, holdout applied."""
+    from tubelet.io import read_video
+
+    held = [("red", "circle", "right"), ("blue", "square", "still")]
+    kw = dict(seed=7, frames=5, size=16, progress=False, holdout=held)
+    one = write_dataset(tmp_path / "one", 24, **kw)
+    two = write_dataset(tmp_path / "two", 24, workers=2, **kw)
+    for name in ("captions.jsonl", "scenes.jsonl"):
+        assert (one / name).read_text() == (two / name).read_text()
+    meta_one = json.loads((one / "shapes.json").read_text())
+    meta_two = json.loads((two / "shapes.json").read_text())
+    assert meta_one["skipped_holdout"] == meta_two["skipped_holdout"]
+    videos = sorted(p.name for p in (one / "videos").iterdir())
+    assert videos == sorted(p.name for p in (two / "videos").iterdir())
+    for name in videos[:6]:
+        a, b = read_video(one / "videos" / name), read_video(two / "videos" / name)
+        assert np.array_equal(a.frames, b.frames)

@@ -133,6 +133,39 @@ def test_resume_after_kill_9_is_exact(shapes_data: Path, tmp_path: Path) -> None
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_and_resume_is_exact(
+    sig: signal.Signals, shapes_data: Path, tmp_path: Path
+) -> None:
+    """SIGTERM / Ctrl-C: the step in flight finishes, a checkpoint is saved, exit is non-zero with a
+    message; resuming then ends with the same weights as an uninterrupted run."""
+    total = 400  # far more than the test waits for: the signal arrives mid-run
+    stopped = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "tubelet", "train", "--preset", "tiny", "--data", str(shapes_data)]
+    cmd += ["--out", str(stopped), "--max-steps", str(total), "--save-every", "1000", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = stopped / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+        if proc.poll() is not None:
+            pytest.fail(f"training exited early: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode not in (0, -sig), err.decode()[-2000:]
+    assert "stopped by a signal at step" in err.decode() and "--resume" in err.decode()
+    saved = [int(p.name[5:]) for p in ckpt.list_checkpoints(stopped)]
+    assert len(saved) == 1 and 3 <= saved[0] < total  # saved by the signal, not by save_every
+
+    n = saved[0] + 2
+    res = train(tiny(max_steps=n, save_every=1000), shapes_data, stopped, resume=True, progress=False)
+    assert res.step == n
+    straight = tmp_path / "straight"
+    train(tiny(max_steps=n, save_every=1000), shapes_data, straight, progress=False)
+    a, b = _weights(straight), _weights(stopped)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_half_written_checkpoint_is_ignored(shapes_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(tiny(max_steps=2, save_every=0), shapes_data, run, progress=False)

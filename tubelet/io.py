@@ -483,11 +483,17 @@ class _FrameBuffer:
         return self.buf[: self.n]
 
 
-def _to_rgb(frame: Any, rotation: int, out_hw: tuple[int, int]) -> np.ndarray:
-    """Decoded frame -> uint8 (H, W, 3) RGB at the output size, rotation applied."""
+def _to_rgb(frame: Any, rotation: int, out_hw: tuple[int, int], reformatter: Any = None) -> np.ndarray:
+    """Decoded frame -> uint8 (H, W, 3) RGB at the output size, rotation applied.
+
+    `reformatter`: an `av.video.reformatter.VideoReformatter` reused across the frames of one video
+    keeps its swscale context (~6x faster on small frames than `frame.to_ndarray(format=...)`, which
+    builds a new context for every frame)."""
     rng = frame.color_range if frame.color_range in (1, 2) else None
     if frame.format.name in ("rgb24",):
         arr = frame.to_ndarray()
+    elif reformatter is not None:
+        arr = reformatter.reformat(frame, format="rgb24", src_color_range=rng).to_ndarray()
     else:
         arr = frame.to_ndarray(format="rgb24", src_color_range=rng)
     if rotation:
@@ -663,6 +669,7 @@ class _Emitter:
         self.first_t: float | None = None
         self.last_end: float | None = None
         self.decoded = 0
+        self.reformatter: Any = None  # one swscale context for the whole video
 
     def _emit(self, frame: Any) -> bool:
         """Append one output frame; False once max_frames is reached."""
@@ -676,7 +683,11 @@ class _Emitter:
                 raise _cap_error(self.path, self.estimate, h, w)
             self.buffer = _FrameBuffer(self.path, h, w, self.estimate or 16)
         assert self.out_hw is not None
-        self.buffer.append(_to_rgb(frame, self.rotation, self.out_hw))
+        if self.reformatter is None:
+            from av.video.reformatter import VideoReformatter
+
+            self.reformatter = VideoReformatter()
+        self.buffer.append(_to_rgb(frame, self.rotation, self.out_hw, self.reformatter))
         return self.max_frames is None or self.buffer.n < self.max_frames
 
     def _tau(self) -> float:

@@ -39,6 +39,7 @@ def shapes(
         0.0, help="Gaussian pixel noise, standard deviation in 8-bit levels (0-255)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    workers: int = typer.Option(1, min=1, help="Processes rendering and encoding clips (same output)."),
     holdout: Path | None = typer.Option(
         None,
         help="JSON list of [color, shape, motion] combinations to keep out (clips with one are skipped).",
@@ -72,6 +73,7 @@ def shapes(
         noise=noise,
         progress=progress,
         holdout=held,
+        workers=workers,
     )
     dt = time.perf_counter() - t0
     skipped = json.loads((path / "shapes.json").read_text()).get("skipped_holdout", 0) if held else 0

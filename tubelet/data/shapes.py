@@ -14,7 +14,9 @@ scene, caption and (noise-free) pixels on any machine.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import multiprocessing
 import re
 import time
 from collections.abc import Collection, Sequence
@@ -919,6 +921,28 @@ def _prepare_out(out: Path) -> None:
     (out / "videos").mkdir(parents=True, exist_ok=True)
 
 
+def _write_one(
+    i: int,
+    *,
+    out: Path,
+    seed: int,
+    frames: int,
+    size: tuple[int, int],
+    fps: float,
+    noise: float,
+    held: Collection[tuple[str, str, str]],
+) -> tuple[str, dict[str, str], dict[str, Any]] | None:
+    """Render and write clip i of a dataset; None when it holds a held-out combination."""
+    from tubelet.io import write_video
+
+    clip = make_clip((seed, i), frames=frames, size=size, fps=fps, noise=noise)
+    if held and any((o.color, o.shape, o.motion) in held for o in clip.scene.spec.objects):
+        return None
+    rel = f"videos/{i:06d}.mp4"
+    write_video(out / rel, clip.frames, fps, sidecar=False)
+    return rel, dict(clip.captions), clip.scene.to_dict()
+
+
 def write_dataset(
     out: Path,
     num: int,
@@ -930,6 +954,7 @@ def write_dataset(
     noise: float = 0.0,
     progress: bool = True,
     holdout: Collection[tuple[str, str, str]] | None = None,
+    workers: int = 1,
 ) -> Path:
     """Write `num` clips to `out`: videos/NNNNNN.mp4, captions.jsonl (an English and a Chinese line
     per clip), scenes.jsonl (the full scene per clip) and shapes.json (the generator settings).
@@ -938,10 +963,9 @@ def write_dataset(
     that is not a previous shapes dataset; a previous one is regenerated in place.
     `holdout`: (color, shape, motion) combinations kept out of the data: a clip with an object of
     such a combination (any size) is skipped, so the remaining clips keep their names and seeds.
+    `workers` > 1 renders and encodes clips in that many processes (the output is identical).
     """
     from tqdm import tqdm
-
-    from tubelet.io import write_video
 
     if num < 1:
         raise DataError(f"number of clips must be >= 1, got {num}")
@@ -981,18 +1005,28 @@ def write_dataset(
     skipped = 0
     captions_tmp = out / "captions.jsonl.tmp"
     scenes_tmp = out / "scenes.jsonl.tmp"
-    with captions_tmp.open("w", encoding="utf-8") as fc, scenes_tmp.open("w", encoding="utf-8") as fs:
-        for i in tqdm(range(num), desc="shapes", unit="clip", disable=not progress):
-            clip = make_clip((seed, i), frames=frames, size=(h, w), fps=fps, noise=noise)
-            if held and any((o.color, o.shape, o.motion) in held for o in clip.scene.spec.objects):
-                skipped += 1
-                continue
-            rel = f"videos/{i:06d}.mp4"
-            write_video(out / rel, clip.frames, fps, sidecar=False)
-            for lang in ("en", "zh"):
-                line = {"video": rel, "caption": clip.captions[lang], "lang": lang}
-                fc.write(json.dumps(line, ensure_ascii=False) + "\n")
-            fs.write(json.dumps({"video": rel, "seed": [seed, i], "scene": clip.scene.to_dict()}) + "\n")
+    job = functools.partial(
+        _write_one, out=out, seed=seed, frames=frames, size=(h, w), fps=fps, noise=noise, held=held
+    )
+    workers = max(1, min(workers, num))
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    try:
+        results = pool.imap(job, range(num), chunksize=16) if pool is not None else map(job, range(num))
+        with captions_tmp.open("w", encoding="utf-8") as fc, scenes_tmp.open("w", encoding="utf-8") as fs:
+            for i, res in enumerate(
+                tqdm(results, total=num, desc="shapes", unit="clip", disable=not progress)
+            ):
+                if res is None:
+                    skipped += 1
+                    continue
+                rel, captions, scene = res
+                for lang in ("en", "zh"):
+                    line = {"video": rel, "caption": captions[lang], "lang": lang}
+                    fc.write(json.dumps(line, ensure_ascii=False) + "\n")
+                fs.write(json.dumps({"video": rel, "seed": [seed, i], "scene": scene}) + "\n")
+    finally:
+        if pool is not None:
+            pool.terminate()
     captions_tmp.replace(out / "captions.jsonl")
     scenes_tmp.replace(out / "scenes.jsonl")
     meta.update(complete=True, skipped_holdout=skipped, seconds=round(time.perf_counter() - t0, 3))

@@ -79,6 +79,15 @@ class DiTConfig:
     # text vector to the timestep embedding): a direct path for global attributes that does not depend
     # on cross-attention finding the right words. Off for Wan.
     pooled_text: bool = False
+    # A small full-resolution convolutional refiner after the head (0 = none, as in Wan). The head then
+    # emits `refiner_features` extra channels per pixel; `refiner_layers` 3x3 convolutions of
+    # `refiner_dim` channels (per frame) read them with the noisy input and the noise level and add a
+    # correction to the head's output. For pixel-space models with patches wider than the details they
+    # must draw: measured on the shapes world, a (4, 8, 8)-patch DiT alone still drew 8 x 8 blocks
+    # where the noisy input showed crisp edges (x0 error 0.011 at s = 0.5 after 234k clips).
+    refiner_dim: int = 0
+    refiner_layers: int = 3
+    refiner_features: int = 8
 
     def __post_init__(self) -> None:
         for name in (
@@ -115,6 +124,14 @@ class DiTConfig:
             raise ConfigError("DiTConfig: prediction 'x0' needs out_channels == in_channels")
         if self.embed_init not in ("wan", "xavier"):
             raise ConfigError(f"DiTConfig.embed_init must be 'wan' or 'xavier', got {self.embed_init!r}")
+        for name in ("refiner_dim", "refiner_layers", "refiner_features"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"DiTConfig.{name} must be an integer >= 0, got {value!r}")
+        if self.refiner_dim and self.refiner_layers < 2:
+            raise ConfigError(
+                f"DiTConfig.refiner_layers must be >= 2 with a refiner, got {self.refiner_layers}"
+            )
         if not 0.0 < self.x0_min_s <= 1.0:
             raise ConfigError(f"DiTConfig.x0_min_s must be in (0, 1], got {self.x0_min_s}")
 
@@ -146,6 +163,7 @@ DIT_PRESETS: dict[str, DiTConfig] = {
         prediction="x0",
         embed_init="xavier",
         pooled_text=True,
+        refiner_dim=24,
     ),
     "wan2.1-1.3b": DiTConfig(dim=1536, num_heads=12, num_layers=30, ffn_dim=8960, text_dim=4096),
     "wan2.1-14b": DiTConfig(dim=5120, num_heads=40, num_layers=40, ffn_dim=13824, text_dim=4096),
@@ -253,6 +271,46 @@ class DiTBlock(nn.Module):
         return torch.addcmul(x, f, gate2.to(x.dtype))
 
 
+class Refiner(nn.Module):
+    """Full-resolution convolutional correction of the head's output (see `DiTConfig.refiner_dim`).
+
+    input: x (B, C_in, F, H, W) noisy sample, head (B, C_out + E, F, H, W) head output with E feature
+    channels, t timesteps (B,) / (B, F) / (B, F'); output: head[:, :C_out] + convs([x, head, s]).
+    Convolutions are 3x3 within each frame; the last one starts at zero (a new refiner changes nothing).
+    """
+
+    def __init__(self, c: DiTConfig) -> None:
+        super().__init__()
+        self.out_channels = c.out_channels
+        cin = c.in_channels + c.out_channels + c.refiner_features + 1
+        dims = [cin] + [c.refiner_dim] * (c.refiner_layers - 1) + [c.out_channels]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(dims[i], dims[i + 1], kernel_size=3, padding=1) for i in range(len(dims) - 1)
+        )
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        for conv in self.convs:
+            nn.init.kaiming_uniform_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        nn.init.zeros_(self.convs[-1].weight)
+
+    def forward(self, x: Tensor, head: Tensor, t: Tensor) -> Tensor:
+        b, _, f, hh, ww = x.shape
+        s = t.float() / 1000.0
+        if s.ndim == 2 and s.shape[1] != f:
+            s = s.repeat_interleave(f // s.shape[1], dim=1)  # (B, F)
+        s = (s.view(b, 1, -1, 1, 1) if s.ndim == 2 else s.view(b, 1, 1, 1, 1)).expand(b, 1, f, hh, ww)
+        dtype = self.convs[0].weight.dtype
+        h = torch.cat([x.to(dtype), head.to(dtype), s.to(dtype)], dim=1)  # (B, C_in + C_head + 1, F, H, W)
+        # frames as images, channels-last (the fast layout for CPU and GPU convolutions)
+        h = h.transpose(1, 2).reshape(b * f, -1, hh, ww).contiguous(memory_format=torch.channels_last)
+        for i, conv in enumerate(self.convs):
+            h = conv(F.silu(h) if i else h)
+        h = h.reshape(b, f, self.out_channels, hh, ww).transpose(1, 2)  # (B, C_out, F, H, W)
+        return head[:, : self.out_channels] + h
+
+
 class VideoDiT(nn.Module, PretrainedMixin):
     """Video diffusion transformer: `model(x, t, context, context_mask=None) -> velocity`."""
 
@@ -269,7 +327,9 @@ class VideoDiT(nn.Module, PretrainedMixin):
         self.time_mod = nn.Linear(c.dim, 6 * c.dim)
         self.blocks = nn.ModuleList([DiTBlock(c) for _ in range(c.num_layers)])
         self.head_modulation = nn.Parameter(torch.randn(2, c.dim) / c.dim**0.5)  # shift, scale
-        self.proj_out = nn.Linear(c.dim, c.out_channels * c.patch_volume)
+        extra = c.refiner_features if c.refiner_dim else 0
+        self.proj_out = nn.Linear(c.dim, (c.out_channels + extra) * c.patch_volume)
+        self.refiner = Refiner(c) if c.refiner_dim else None
         self.gradient_checkpointing = False
         self._rope_cache: dict[tuple, Tensor] = {}
         self.init_weights()
@@ -293,6 +353,8 @@ class VideoDiT(nn.Module, PretrainedMixin):
                 nn.init.normal_(mlp.fc2.weight, std=0.02)
         if zero_head:
             nn.init.zeros_(self.proj_out.weight)
+        if self.refiner is not None:
+            self.refiner.init_weights()
 
     # ---------------------------------------------------------------------------------------
     def rope_tables(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
@@ -397,9 +459,12 @@ class VideoDiT(nn.Module, PretrainedMixin):
         # Head: LayerNorm modulated by (table + temb), projection, unpatchify.
         mod = (self.head_modulation.float() + temb.float()[:, :, None, :]).unsqueeze(3)  # (B, T, 2, 1, D)
         h = modulated_layer_norm(h, mod[:, :, 1], mod[:, :, 0], c.eps)
-        out = linear(h.reshape(b, n, c.dim), self.proj_out)  # (B, N, pt*ph*pw*C_out)
-        out = out.reshape(b, gf, gh, gw, pt, ph, pw, c.out_channels).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        out = out.reshape(b, c.out_channels, f, hh, ww)
+        out = linear(h.reshape(b, n, c.dim), self.proj_out)  # (B, N, pt*ph*pw*C_head)
+        c_head = out.shape[-1] // c.patch_volume  # C_out (+ refiner features)
+        out = out.reshape(b, gf, gh, gw, pt, ph, pw, c_head).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        out = out.reshape(b, c_head, f, hh, ww)
+        if self.refiner is not None:
+            out = self.refiner(x, out, t_in)  # (B, C_out, F, H, W)
         if c.prediction == "x0":
             out = self.x0_to_velocity(x, out, t_in)
         return out

@@ -19,6 +19,7 @@ another number of processes (exact bit-for-bit resume needs the same world size)
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import shutil
@@ -84,7 +85,13 @@ def rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
 
 def set_rng_state(state: dict[str, torch.Tensor], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch_cpu"])
-    generator.set_state(state["objective"])
+    try:
+        generator.set_state(state["objective"])
+    except RuntimeError:  # saved on another kind of device (e.g. a GPU run resumed on a CPU)
+        logging.getLogger("tubelet.train").warning(
+            "the checkpoint's noise generator was saved on another device; it restarts from a new seed"
+        )
+        generator.manual_seed(int(state["objective"].sum().item()))
     if "torch_cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["torch_cuda"])
 

@@ -84,6 +84,10 @@ class TrainConfig:
     device: str = "auto"
     parallel: Literal["none", "ddp", "fsdp"] = "none"
     seed: int = 0
+    # Where the objective's generator draws noise and noise levels: "auto" = on the training device
+    # (on a GPU, drawing a batch of noise on the host and copying it costs more than the step);
+    # "cpu" = always on the host. Checkpoints resume on the same kind of device.
+    rng_device: Literal["auto", "cpu"] = "auto"
     # ---- bookkeeping
     log_every: int = 10
     save_every: int = 500

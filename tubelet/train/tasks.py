@@ -179,7 +179,7 @@ class DiTTask:
         # keeps its slice, so N processes see exactly what one process with N times the batch sees.
         world, rank = self.world_size, self.rank
         lo, hi = rank * b, (rank + 1) * b
-        noise = torch.randn((world * b, c, f, h, w), generator=generator)[lo:hi]
+        noise = torch.randn((world * b, c, f, h, w), generator=generator, device=generator.device)[lo:hi]
         s = sample_timesteps(world * b, self.cfg.flow, generator, tokens)[lo:hi]
         keep = drop_captions(["x"] * (world * b), self.cfg.flow.caption_dropout, generator)[lo:hi]
         known = sample_known_frames(world * b, f, self.cfg.flow, generator)[lo:hi]
