@@ -270,3 +270,33 @@ def test_export_checkpoint_matches_the_runs_own_export(shapes_data: Path, tmp_pa
     with pytest.raises(SystemExit) as bad:
         main(["export", str(run), "-o", str(tmp_path / "cli2"), "--dtype", "int8"])
     assert bad.value.code == 1 and not (tmp_path / "cli2").exists()
+
+
+def test_pixel_cache_holds_the_decoded_clips_and_feeds_training(shapes_data: Path, tmp_path: Path) -> None:
+    """`tubelet data cache --pixels`: uint8 clips equal to what the dataset decodes, built by worker
+    processes; a pixel-space run trains on it; without --model or --pixels the command is an error."""
+    from tubelet.cli import main
+    from tubelet.data.cache import LatentCacheDataset
+    from tubelet.data.dataset import VideoDataset
+
+    cfg = tiny(max_steps=3, save_every=1000)
+    cache = tmp_path / "cache"
+    cmd = ["data", "cache", str(shapes_data), "--pixels", "--workers", "2", "--preset", "tiny"]
+    with pytest.raises(SystemExit) as ok:
+        main([*cmd, "--out", str(cache)])
+    assert ok.value.code == 0
+    ds = LatentCacheDataset(cache, cfg.data)
+    videos = VideoDataset(shapes_data, cfg.data, progress=False)
+    assert len(ds) == len(videos) == 8
+    for k in range(len(ds)):
+        item = ds[k]
+        assert item["pixels"].dtype == torch.uint8 and item["pixels"].shape == (3, 5, 16, 16)
+        ref = videos.load(videos.samples.index(next(s for s in videos.samples if s.path == item["path"])))
+        assert torch.equal(item["pixels"].float() / 127.5 - 1.0, ref["video"])
+
+    res = train(tiny(max_steps=3, save_every=1000, cache=str(cache)), None, tmp_path / "r", progress=False)
+    assert res.step == 3 and (tmp_path / "r" / "model" / "transformer").is_dir()
+
+    with pytest.raises(SystemExit) as e:
+        main(["data", "cache", str(shapes_data), "--out", str(tmp_path / "c2")])
+    assert e.value.code == 1

@@ -118,9 +118,13 @@ def export_cmd(
 @data_app.command("cache")
 def cache_cmd(
     data: Path = typer.Argument(..., help="Dataset directory."),
-    model: Path = typer.Option(
-        ..., "--model", "-m", help="Model dir (pipeline dir with vae/, or a VAE dir)."
+    model: Path | None = typer.Option(
+        None, "--model", "-m", help="Model dir (pipeline dir with vae/, or a VAE dir): cache its latents."
     ),
+    pixels: bool = typer.Option(
+        False, "--pixels", help="Cache the decoded clips themselves (pixel-space models, fast GPU training)."
+    ),
+    workers: int = typer.Option(0, min=0, help="With --pixels: decoding processes."),
     out: Path = typer.Option(..., "--out", "-o", help="Cache directory to write."),
     config: Path | None = typer.Option(
         None, "--config", "-c", help="Training YAML whose `data:` section to use."
@@ -131,16 +135,24 @@ def cache_cmd(
     batch_size: int = typer.Option(8, help="Clips per VAE call."),
     clips_per_video: int = typer.Option(1, help="Clips cached per video (evenly spaced starts)."),
 ) -> None:
-    """Precompute VAE latents (and frozen text embeddings) so training skips the VAE."""
-    from tubelet.data.cache import build_cache
+    """Precompute VAE latents (and frozen text embeddings), or with --pixels the decoded clips, so that
+    training neither decodes videos nor runs the VAE (train with `--set cache=OUT`)."""
+    from tubelet.data.cache import build_cache, build_pixel_cache
     from tubelet.data.dataset import DataConfig
+    from tubelet.errors import TubeletError
+
+    if (model is None) == (not pixels):
+        raise TubeletError("give exactly one of --model DIR (a latent cache) or --pixels (a pixel cache)")
 
     data_cfg = DataConfig()
     if config is not None or preset is not None:
         from tubelet.train.config import resolve_train_config
 
         data_cfg = resolve_train_config(preset, config).data
-    path = build_cache(
-        data, model, out, data=data_cfg, batch_size=batch_size, clips_per_video=clips_per_video
-    )
+    if pixels:
+        path = build_pixel_cache(data, out, data=data_cfg, clips_per_video=clips_per_video, workers=workers)
+    else:
+        path = build_cache(
+            data, model, out, data=data_cfg, batch_size=batch_size, clips_per_video=clips_per_video
+        )
     typer.echo(str(path.resolve()))

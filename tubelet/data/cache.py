@@ -10,6 +10,12 @@ training never decodes videos nor runs the VAE each step. Layout of CACHE_DIR::
                               "context"/"mask": (N, K, L, D) / (N, K, L) frozen text embeddings of the
                               K captions of each sample, only when the model's text encoder is frozen
 
+A pixel cache (`tubelet data cache DIR --pixels --out CACHE_DIR`, `build_pixel_cache`) holds the
+decoded clips instead, for pixel-space models (or for a VAE run) on machines where decoding videos
+every step is the bottleneck (a GPU): index.json has "kind": "pixels" and each shard holds
+"pixels": (N, 3, F, H, W) uint8, exactly the decoded frames; batches carry them as uint8 and the
+trainer converts them on the training device.
+
 A shard holds the samples of one bucket. Shards are written atomically and index.json last,
 so an interrupted run leaves no index (run it again; nothing half-written is ever read).
 """
@@ -138,6 +144,97 @@ def build_cache(
     return out
 
 
+class _DecodeJobs(torch.utils.data.Dataset):
+    """(sample index, start) -> uint8 (3, F, H, W) clip or an error string; run in loader workers."""
+
+    def __init__(self, ds: VideoDataset, jobs: list[tuple[int, int]]) -> None:
+        self.ds, self.jobs = ds, jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, j: int) -> tuple[int, torch.Tensor | str]:
+        i, start = self.jobs[j]
+        try:
+            video = self.ds.load(i, start=start, caption_index=0)["video"]  # (3, F, H, W) in [-1, 1]
+        except Exception as e:
+            return j, getattr(e, "cause", None) or f"{type(e).__name__}: {e}"
+        return j, ((video + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def build_pixel_cache(
+    data_dir: str | Path,
+    out: str | Path,
+    *,
+    data: DataConfig | None = None,
+    clips_per_video: int = 1,
+    workers: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Decode every sample of `data_dir` once into a pixel cache at `out` (see the module docstring),
+    with `workers` decoding processes. Unreadable files are skipped and listed in index.json."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "index.json").is_file():
+        raise DataError(f"{out}: exists, is not empty and is not a cache; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = replace(data or DataConfig(), random_start=False)
+    ds = VideoDataset(data_dir, cfg, progress=progress)
+    if len(ds) == 0:
+        raise DataError(f"{data_dir}: no usable samples to cache ({ds.summary()})")
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ds) * clips_per_video, desc="caching clips", unit="clip", dynamic_ncols=True)
+    entries: list[dict[str, Any]] = []
+    shard = 0
+    for b, members in enumerate(ds.bucket_members):
+        if not members:
+            continue
+        jobs = [
+            (i, _start(ds.samples[i], cfg, ds.buckets[b].frames, k, clips_per_video))
+            for i in members
+            for k in range(clips_per_video)
+        ]
+        loader = torch.utils.data.DataLoader(
+            _DecodeJobs(ds, jobs), batch_size=None, num_workers=workers, shuffle=False
+        )
+        rows: list[torch.Tensor] = []
+        for j, clip in loader:
+            i, start = jobs[j]
+            s = ds.samples[i]
+            if bar is not None:
+                bar.update(1)
+            if isinstance(clip, str):
+                ds._record(s.path, clip)
+                continue
+            entries.append(
+                {"path": s.path, "captions": list(s.captions), "bucket": b, "start": start, "shard": shard,
+                 "row": len(rows)}
+            )  # fmt: skip
+            rows.append(clip)
+        if rows:
+            save_state_dict({"pixels": torch.stack(rows)}, out / f"shard-{shard:05d}.safetensors")
+            shard += 1
+    if bar is not None:
+        bar.close()
+    if not entries:
+        raise DataError(f"{data_dir}: every sample failed to load; run `tubelet data check {data_dir}`")
+    index = {
+        "version": CACHE_VERSION,
+        "kind": "pixels",
+        "model": None,
+        "data": config_to_dict(cfg),
+        "buckets": [[bk.frames, bk.height, bk.width] for bk in ds.buckets],
+        "unreadable": dict(ds.unreadable),
+        "samples": entries,
+    }
+    tmp = out / "index.json.tmp"
+    tmp.write_text(json.dumps(index, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "index.json")
+    return out
+
+
 def _pad_k(items: list[torch.Tensor]) -> list[torch.Tensor]:
     k = max(t.shape[0] for t in items)
     return [
@@ -156,7 +253,8 @@ def _start(sample: Any, cfg: DataConfig, frames: int, k: int, n: int) -> int:
 
 
 class LatentCacheDataset(torch.utils.data.Dataset):
-    """Samples of a latent cache: dict(latents (C, F', H', W') float32, caption, path, bucket[, context, mask])."""
+    """Samples of a cache: dict(latents (C, F', H', W') float32 | pixels (3, F, H, W) uint8, caption, path,
+    bucket[, context, mask])."""
 
     def __init__(self, root: str | Path, cfg: DataConfig | None = None) -> None:
         self.root = Path(root)
@@ -169,6 +267,7 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         if index.get("version") != CACHE_VERSION:
             raise DataError(f"{idx_path}: cache version {index.get('version')}, expected {CACHE_VERSION}")
         self.index = index
+        self.kind = index.get("kind", "latents")
         self.cfg = cfg or config_from_dict(DataConfig, index["data"])
         shapes = [tuple(b) for b in index["buckets"]]
         # Map the cache's buckets onto the training config's buckets (for their batch sizes).
@@ -201,8 +300,13 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         sh = self.shards[s["shard"]]
         caps = s["captions"]
         k = int(torch.randint(len(caps), ()).item()) if len(caps) > 1 else 0
+        data = (
+            {"pixels": sh["pixels"][s["row"]]}
+            if self.kind == "pixels"
+            else {"latents": sh["latents"][s["row"]].float()}
+        )
         item = {
-            "latents": sh["latents"][s["row"]].float(),
+            **data,
             "caption": caps[k],
             "path": s["path"],
             "bucket": s["train_bucket"],
@@ -220,8 +324,9 @@ class LatentCacheDataset(torch.utils.data.Dataset):
 
 
 def collate_latents(items: list[dict[str, Any]]) -> dict[str, Any]:
+    key = "pixels" if "pixels" in items[0] else "latents"
     out: dict[str, Any] = {
-        "latents": torch.stack([it["latents"] for it in items]),
+        key: torch.stack([it[key] for it in items]),
         "caption": [it["caption"] for it in items],
         "path": [it["path"] for it in items],
         "bucket": items[0]["bucket"],

@@ -31,6 +31,14 @@ def _preset(value: Any, presets: dict[str, Any], cls: type, what: str) -> Any:
     raise ConfigError(f"{what}: expected a preset name or a mapping, got {value!r}")
 
 
+def batch_video(batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """A batch's clips as float32 (B, 3, F, H, W) in [-1, 1] on `device`: decoded videos, or the uint8
+    frames of a pixel cache (moved as uint8, a quarter of the bytes, and converted on the device)."""
+    if "pixels" in batch:
+        return batch["pixels"].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+    return batch["video"].to(device, torch.float32)
+
+
 class TextToVideoModel(nn.Module):
     """The trainable part of a text-to-video model: DiT (+ the byte text encoder when trained jointly).
 
@@ -132,7 +140,7 @@ class DiTTask:
         if "latents" in batch:
             z = batch["latents"].to(self.device, torch.float32)
         else:
-            video = batch["video"].to(self.device, torch.float32)  # (B, 3, F, H, W) in [-1, 1]
+            video = batch_video(batch, self.device)  # (B, 3, F, H, W) in [-1, 1]
             z = self.vae.encode(video) if self.vae is not None else video
         if self.stats is not None:
             z = (z - self.stats[0]) / self.stats[1]
@@ -264,7 +272,7 @@ class VAETask:
     ) -> tuple[torch.Tensor, dict]:
         from tubelet.models.vae import gaussian_kl
 
-        video = batch["video"].to(self.device, torch.float32)  # (B, 3, F, H, W)
+        video = batch_video(batch, self.device)  # (B, 3, F, H, W)
         if self._fixed is None:
             self._fixed = video[:2].detach().cpu()
         recon, mean, logvar = wrapped(video, sample_posterior=True, generator=generator)
