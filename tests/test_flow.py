@@ -359,3 +359,37 @@ def test_shift_mix_draws_each_samples_shift_from_the_list():
         FlowConfig(shift_mix=[])
     with pytest.raises(ConfigError, match="shift_mix"):
         FlowConfig(shift_mix=[3, 0])
+
+
+def test_foreground_weight_emphasises_object_pixels():
+    """foreground_weight: pixels away from the clip's dominant colour count 1 + w times; each sample's
+    loss is normalised by its weight; 0 gives the plain MSE exactly."""
+    from tubelet.diffusion.flow import foreground_weights
+
+    x0 = torch.full((2, 3, 2, 8, 8), -0.5)
+    x0[0, 0, :, 2:4, 2:4] = 0.8  # a small red-ish square in clip 0; clip 1 is flat
+    wts = foreground_weights(x0, 9.0)
+    assert wts.shape == (2, 1, 2, 8, 8)
+    assert wts[0, 0, :, 2:4, 2:4].eq(10.0).all() and wts[0].sum() == 2 * (60 + 4 * 10)
+    assert wts[1].eq(1.0).all()
+
+    noise = torch.randn(x0.shape, generator=_gen(3))
+    s = torch.tensor([0.5, 0.5])
+    target = noise - x0
+
+    def off_on_square(x, t, c, m=None):  # exact except +1 on the square's pixels of clip 0
+        out = target.clone()
+        out[0, :, :, 2:4, 2:4] += 1.0
+        return out
+
+    plain, _ = flow_matching_loss(off_on_square, x0, _ctx(2), cfg=FlowConfig(), noise=noise, s=s)
+    weighted, st = flow_matching_loss(
+        off_on_square, x0, _ctx(2), cfg=FlowConfig(foreground_weight=9.0), noise=noise, s=s
+    )
+    n = 3 * 2 * 64  # elements per clip
+    assert plain.item() == pytest.approx((3 * 2 * 4) / (2 * n))
+    # clip 0: the error sits on weight-10 pixels: 24 * 10 / (3 * 2 * (60 + 40)); clip 1: 0
+    assert st["loss_per_sample"][0].item() == pytest.approx(24 * 10 / (3 * 2 * 100))
+    assert weighted.item() == pytest.approx(24 * 10 / (3 * 2 * 100) / 2)
+    with pytest.raises(ConfigError, match="foreground_weight"):
+        FlowConfig(foreground_weight=-1.0)
