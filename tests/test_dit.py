@@ -560,3 +560,18 @@ def test_refiner_config_errors():
         dit_config({**_tiny_dict(), "refiner_dim": 8, "refiner_layers": 1})
     with pytest.raises(ConfigError, match="refiner_dim"):
         dit_config({**_tiny_dict(), "refiner_dim": -1})
+
+
+def test_zero_cross_attn_starts_the_text_path_at_zero():
+    """zero_cross_attn: a fresh model's output does not depend on the prompt (the output projections
+    of every cross-attention are zero), yet those projections get gradients on the first step."""
+    model = VideoDiT(dit_config({**_tiny_dict(), "zero_cross_attn": True}))
+    torch.nn.init.normal_(model.proj_out.weight, std=0.1)  # a non-zero head, to see the output
+    x, t, ctx = inputs(2, 2, 4, 4)
+    other = torch.randn(ctx.shape, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(model(x, t, ctx), model(x, t, other))
+    model(x, t, ctx).square().mean().backward()
+    assert all(blk.cross_attn.out.weight.grad.abs().sum() > 0 for blk in model.blocks)
+    default = VideoDiT(dit_config(_tiny_dict()))
+    assert all(blk.cross_attn.out.weight.abs().sum() > 0 for blk in default.blocks)

@@ -85,6 +85,12 @@ class DiTConfig:
     # correction to the head's output. For pixel-space models with patches wider than the details they
     # must draw: measured on the shapes world, a (4, 8, 8)-patch DiT alone still drew 8 x 8 blocks
     # where the noisy input showed crisp edges (x0 error 0.011 at s = 0.5 after 234k clips).
+    # Start every cross-attention output projection at zero (the adaLN-zero idea applied to the text
+    # path): a fresh model's prompts then add nothing rather than noise. Measured on the shapes world
+    # with a jointly trained byte encoder and Xavier init: the cross-attention outputs shrank from 0.1
+    # to 0.03 of a ~1.0 residual stream within 200 steps (0.015 after 1827 steps of batch 128) and
+    # the object colours stopped depending on the prompt at all; only the pooled text still acted.
+    zero_cross_attn: bool = False
     refiner_dim: int = 0
     refiner_layers: int = 3
     refiner_features: int = 8
@@ -353,6 +359,9 @@ class VideoDiT(nn.Module, PretrainedMixin):
                 nn.init.normal_(mlp.fc2.weight, std=0.02)
         if zero_head:
             nn.init.zeros_(self.proj_out.weight)
+        if self.config.zero_cross_attn:
+            for blk in self.blocks:
+                nn.init.zeros_(blk.cross_attn.out.weight)
         if self.refiner is not None:
             self.refiner.init_weights()
 
