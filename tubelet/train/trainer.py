@@ -324,97 +324,87 @@ def train(
     bad_run, window_t, window_samples, window_tokens = 0, time.perf_counter(), 0, 0
     stopper = _StopSignal().install()
     try:
-        try:
-            while step < cfg.max_steps:
-                lr = lr_at(step, cfg)
-                for group in optim.param_groups:
-                    group["lr"] = lr
-                total = torch.zeros((), device=device)
-                extra: dict[str, float] = {}
-                for micro in range(cfg.grad_accum):
-                    try:
-                        batch = next(batches)
-                    except Exception:
-                        if stopper.requested:  # e.g. the data workers got the same Ctrl-C
-                            raise _Stop from None
-                        raise
-                    with _no_grad_sync(wrapped, micro < cfg.grad_accum - 1):
-                        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                            loss, stats = task.loss(wrapped, batch, generator)
-                        (loss / cfg.grad_accum).backward()
-                    total += loss.detach().float() / cfg.grad_accum
-                    window_samples += stats["samples"] * info.world_size
-                    window_tokens += stats["tokens"] * info.world_size
-                    for k in ("rec", "kl"):
-                        if k in stats:
-                            extra[k] = float(stats[k])
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-                if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
-                    grad_norm = grad_norm.full_tensor()
-                finite = torch.isfinite(total) & torch.isfinite(grad_norm.to(device))
-                if info.distributed:
-                    flag = finite.float()
-                    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-                    finite = flag > 0
-                if not bool(finite):
-                    optim.zero_grad(set_to_none=True)
-                    bad_run += 1
-                    bad_total += 1
-                    log.warning(
-                        "step %d: non-finite loss or gradient (%d in a row); step skipped", step, bad_run
-                    )
-                    if bad_run >= cfg.max_bad_steps:
-                        last_good = ckpt.latest_checkpoint(run)
-                        raise TrainingError(
-                            f"loss was NaN/inf for {bad_run} steps in a row at step {step}; stopping. "
-                            f"Last good checkpoint: {last_good or 'none yet'}. Try a lower optim.lr or fp32."
-                        )
-                    continue
-                bad_run = 0
-                optim.step()
+        while step < cfg.max_steps:
+            lr = lr_at(step, cfg)
+            for group in optim.param_groups:
+                group["lr"] = lr
+            total = torch.zeros((), device=device)
+            extra: dict[str, float] = {}
+            for micro in range(cfg.grad_accum):
+                try:
+                    batch = next(batches)
+                except Exception:
+                    if stopper.requested:  # e.g. the data workers got the same Ctrl-C
+                        raise _Stop from None
+                    raise
+                with _no_grad_sync(wrapped, micro < cfg.grad_accum - 1):
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        loss, stats = task.loss(wrapped, batch, generator)
+                    (loss / cfg.grad_accum).backward()
+                total += loss.detach().float() / cfg.grad_accum
+                window_samples += stats["samples"] * info.world_size
+                window_tokens += stats["tokens"] * info.world_size
+                for k in ("rec", "kl"):
+                    if k in stats:
+                        extra[k] = float(stats[k])
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+                grad_norm = grad_norm.full_tensor()
+            finite = torch.isfinite(total) & torch.isfinite(grad_norm.to(device))
+            if info.distributed:
+                flag = finite.float()
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+                finite = flag > 0
+            if not bool(finite):
                 optim.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update(wrapped)
-                step += 1
+                bad_run += 1
+                bad_total += 1
+                log.warning("step %d: non-finite loss or gradient (%d in a row); step skipped", step, bad_run)
+                if bad_run >= cfg.max_bad_steps:
+                    last_good = ckpt.latest_checkpoint(run)
+                    raise TrainingError(
+                        f"loss was NaN/inf for {bad_run} steps in a row at step {step}; stopping. "
+                        f"Last good checkpoint: {last_good or 'none yet'}. Try a lower optim.lr or fp32."
+                    )
+                continue
+            bad_run = 0
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(wrapped)
+            step += 1
 
-                if step % cfg.log_every == 0 or step == cfg.max_steps:
-                    loss_v = all_reduce_mean(float(total), info)
-                    dt = max(time.perf_counter() - window_t, 1e-9)
-                    rec = {
-                        "step": step,
-                        "loss": loss_v,
-                        "lr": lr,
-                        "grad_norm": float(grad_norm),
-                        "samples_per_s": window_samples / dt,
-                        "tokens_per_s": window_tokens / dt,
-                        "bad_steps": bad_total,
-                        **extra,
-                    }
-                    window_t, window_samples, window_tokens = time.perf_counter(), 0, 0
-                    if metrics is not None:
-                        metrics.write(json.dumps(rec) + "\n")
-                        metrics.flush()
-                    if writer is not None:
-                        for k, v in rec.items():
-                            if k != "step":
-                                writer.add_scalar(f"train/{k}", v, step)
-                    if bar is not None:
-                        bar.set_postfix(
-                            loss=f"{loss_v:.4f}", lr=f"{lr:.2e}", sps=f"{rec['samples_per_s']:.1f}"
-                        )
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                loss_v = all_reduce_mean(float(total), info)
+                dt = max(time.perf_counter() - window_t, 1e-9)
+                rec = {
+                    "step": step,
+                    "loss": loss_v,
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "samples_per_s": window_samples / dt,
+                    "tokens_per_s": window_tokens / dt,
+                    "bad_steps": bad_total,
+                    **extra,
+                }
+                window_t, window_samples, window_tokens = time.perf_counter(), 0, 0
+                if metrics is not None:
+                    metrics.write(json.dumps(rec) + "\n")
+                    metrics.flush()
+                if writer is not None:
+                    for k, v in rec.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, step)
                 if bar is not None:
-                    bar.update(1)
-                if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
-                    save(step)
-                if cfg.samples.every and step % cfg.samples.every == 0:
-                    _samples(task, _eval_model(eval_twin, wrapped, ema, info), run, step)
-                if stopper.should_stop(info, device) and step < cfg.max_steps:
-                    raise _Stop
-        except _Stop:
-            save(step)
-            raise TrainingError(
-                f"stopped by a signal at step {step}; checkpoint saved in {run}. Continue with --resume."
-            ) from None
+                    bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr:.2e}", sps=f"{rec['samples_per_s']:.1f}")
+            if bar is not None:
+                bar.update(1)
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+                save(step)
+            if cfg.samples.every and step % cfg.samples.every == 0:
+                _samples(task, _eval_model(eval_twin, wrapped, ema, info), run, step)
+            if stopper.should_stop(info, device) and step < cfg.max_steps:
+                raise _Stop
         save(step)
         model_dir = None
         final = _eval_model(eval_twin, wrapped, ema, info)
@@ -423,6 +413,11 @@ def train(
             model_dir = _export(task, final, run, batches)
         if info.distributed:  # the other ranks wait for rank 0's export before tearing the group down
             torch.distributed.barrier()
+    except _Stop:  # a SIGINT/SIGTERM: the step in flight has finished
+        save(step)
+        raise TrainingError(
+            f"stopped by a signal at step {step}; checkpoint saved in {run}. Continue with --resume."
+        ) from None
     finally:
         stopper.uninstall()
         if bar is not None:
