@@ -63,14 +63,8 @@ def build_cache(
     progress: bool = True,
 ) -> Path:
     """Encode every sample of `data_dir` with the VAE of `model_dir` into `out` (see module doc)."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "index.json").is_file():
-        raise DataError(f"{out}: exists, is not empty and is not a latent cache; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = replace(data or DataConfig(), random_start=False)
-    ds = VideoDataset(data_dir, cfg, progress=progress)
-    if len(ds) == 0:
-        raise DataError(f"{data_dir}: no usable samples to cache ({ds.summary()})")
+    out = _prepare_out(out)
+    cfg, ds = _open_dataset(data_dir, data, progress)
     vae = _find_vae(Path(model_dir)).to(device)
     text = None
     md = Path(model_dir)
@@ -80,11 +74,7 @@ def build_cache(
             from tubelet.models.text import load_text_encoder
 
             text = load_text_encoder(md / "text_encoder", device=device)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(ds) * clips_per_video, desc="caching latents", unit="clip", dynamic_ncols=True)
+    bar = _progress_bar(len(ds) * clips_per_video, "caching latents", progress)
     entries: list[dict[str, Any]] = []
     shard = 0
     for b, members in enumerate(ds.bucket_members):
@@ -126,22 +116,7 @@ def build_cache(
                 tensors["mask"] = torch.stack(_pad_k(masks))
             save_state_dict(tensors, out / f"shard-{shard:05d}.safetensors")
             shard += 1
-    if bar is not None:
-        bar.close()
-    if not entries:
-        raise DataError(f"{data_dir}: every sample failed to load; run `tubelet data check {data_dir}`")
-    index = {
-        "version": CACHE_VERSION,
-        "model": str(Path(model_dir).resolve()),
-        "data": config_to_dict(cfg),
-        "buckets": [[bk.frames, bk.height, bk.width] for bk in ds.buckets],
-        "unreadable": dict(ds.unreadable),
-        "samples": entries,
-    }
-    tmp = out / "index.json.tmp"
-    tmp.write_text(json.dumps(index, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "index.json")
-    return out
+    return _finish(out, data_dir, cfg, ds, entries, bar, kind="latents", model=str(Path(model_dir).resolve()))
 
 
 class _DecodeJobs(torch.utils.data.Dataset):
@@ -173,19 +148,9 @@ def build_pixel_cache(
 ) -> Path:
     """Decode every sample of `data_dir` once into a pixel cache at `out` (see the module docstring),
     with `workers` decoding processes. Unreadable files are skipped and listed in index.json."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "index.json").is_file():
-        raise DataError(f"{out}: exists, is not empty and is not a cache; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = replace(data or DataConfig(), random_start=False)
-    ds = VideoDataset(data_dir, cfg, progress=progress)
-    if len(ds) == 0:
-        raise DataError(f"{data_dir}: no usable samples to cache ({ds.summary()})")
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(ds) * clips_per_video, desc="caching clips", unit="clip", dynamic_ncols=True)
+    out = _prepare_out(out)
+    cfg, ds = _open_dataset(data_dir, data, progress)
+    bar = _progress_bar(len(ds) * clips_per_video, "caching clips", progress)
     entries: list[dict[str, Any]] = []
     shard = 0
     for b, members in enumerate(ds.bucket_members):
@@ -216,14 +181,56 @@ def build_pixel_cache(
         if rows:
             save_state_dict({"pixels": torch.stack(rows)}, out / f"shard-{shard:05d}.safetensors")
             shard += 1
+    return _finish(out, data_dir, cfg, ds, entries, bar, kind="pixels", model=None)
+
+
+def _open_dataset(
+    data_dir: str | Path, data: DataConfig | None, progress: bool
+) -> tuple[DataConfig, VideoDataset]:
+    cfg = replace(data or DataConfig(), random_start=False)
+    ds = VideoDataset(data_dir, cfg, progress=progress)
+    if len(ds) == 0:
+        raise DataError(f"{data_dir}: no usable samples to cache ({ds.summary()})")
+    return cfg, ds
+
+
+def _progress_bar(total: int, desc: str, progress: bool) -> Any:
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="clip", dynamic_ncols=True)
+
+
+def _prepare_out(out: str | Path) -> Path:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "index.json").is_file():
+        raise DataError(f"{out}: exists, is not empty and is not a cache; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _finish(
+    out: Path,
+    data_dir: str | Path,
+    cfg: DataConfig,
+    ds: VideoDataset,
+    entries: list[dict[str, Any]],
+    bar: Any,
+    *,
+    kind: str,
+    model: str | None,
+) -> Path:
+    """Close the progress bar and write index.json, last and atomically: a cache without one was
+    interrupted and is never read."""
     if bar is not None:
         bar.close()
     if not entries:
         raise DataError(f"{data_dir}: every sample failed to load; run `tubelet data check {data_dir}`")
     index = {
         "version": CACHE_VERSION,
-        "kind": "pixels",
-        "model": None,
+        "kind": kind,
+        "model": model,
         "data": config_to_dict(cfg),
         "buckets": [[bk.frames, bk.height, bk.width] for bk in ds.buckets],
         "unreadable": dict(ds.unreadable),
@@ -260,9 +267,7 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         idx_path = self.root / "index.json"
         if not idx_path.is_file():
-            raise DataError(
-                f"{self.root}: not a latent cache (no index.json); build one with `tubelet data cache`"
-            )
+            raise DataError(f"{self.root}: not a cache (no index.json); build one with `tubelet data cache`")
         index = json.loads(idx_path.read_text(encoding="utf-8"))
         if index.get("version") != CACHE_VERSION:
             raise DataError(f"{idx_path}: cache version {index.get('version')}, expected {CACHE_VERSION}")
