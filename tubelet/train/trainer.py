@@ -189,7 +189,8 @@ class _Stop(Exception):
 class _StopSignal:
     """SIGINT (Ctrl-C) and SIGTERM (e.g. a scheduler's pre-emption) ask the run to stop cleanly: the
     step in flight finishes, a checkpoint is saved and training stops (resume with --resume). A second
-    signal aborts at once. Handlers are only installed from the main thread."""
+    signal aborts at once. Handlers are only installed from the main thread. Ranks agree on the step
+    to stop at through the all-reduce every step already makes."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -214,14 +215,6 @@ class _StopSignal:
             "%s received: finishing this step, saving a checkpoint, then stopping (send it again to abort)",
             signal.Signals(signum).name,
         )
-
-    def should_stop(self, info: DistInfo, device: torch.device) -> bool:
-        """Any rank's request stops every rank (they must save together)."""
-        if not info.distributed:
-            return self.requested
-        flag = torch.tensor(float(self.requested), device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag > 0)
 
 
 def _metrics_writer(run: Path, info: DistInfo):
@@ -351,10 +344,13 @@ def train(
             if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
                 grad_norm = grad_norm.full_tensor()
             finite = torch.isfinite(total) & torch.isfinite(grad_norm.to(device))
-            if info.distributed:
-                flag = finite.float()
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-                finite = flag > 0
+            stop = stopper.requested
+            if (
+                info.distributed
+            ):  # one collective agrees on both: any rank's NaN skips, any rank's signal stops
+                flags = torch.stack([(~finite).float(), torch.tensor(float(stop), device=device)])
+                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+                finite, stop = flags[0] == 0, bool(flags[1] > 0)
             if not bool(finite):
                 optim.zero_grad(set_to_none=True)
                 bad_run += 1
@@ -403,7 +399,7 @@ def train(
                 save(step)
             if cfg.samples.every and step % cfg.samples.every == 0:
                 _samples(task, _eval_model(eval_twin, wrapped, ema, info), run, step)
-            if stopper.should_stop(info, device) and step < cfg.max_steps:
+            if stop and step < cfg.max_steps:
                 raise _Stop
         save(step)
         model_dir = None
