@@ -483,7 +483,7 @@ class _FrameBuffer:
         return self.buf[: self.n]
 
 
-def _to_rgb(frame: Any, rotation: int, out_hw: tuple[int, int], reformatter: Any = None) -> np.ndarray:
+def _to_rgb(frame: Any, rotation: int, out_hw: tuple[int, int], reformatter: Any) -> np.ndarray:
     """Decoded frame -> uint8 (H, W, 3) RGB at the output size, rotation applied.
 
     `reformatter`: an `av.video.reformatter.VideoReformatter` reused across the frames of one video
@@ -492,10 +492,8 @@ def _to_rgb(frame: Any, rotation: int, out_hw: tuple[int, int], reformatter: Any
     rng = frame.color_range if frame.color_range in (1, 2) else None
     if frame.format.name in ("rgb24",):
         arr = frame.to_ndarray()
-    elif reformatter is not None:
-        arr = reformatter.reformat(frame, format="rgb24", src_color_range=rng).to_ndarray()
     else:
-        arr = frame.to_ndarray(format="rgb24", src_color_range=rng)
+        arr = reformatter.reformat(frame, format="rgb24", src_color_range=rng).to_ndarray()
     if rotation:
         arr = np.rot90(arr, k=rotation // 90)
     h, w = out_hw
