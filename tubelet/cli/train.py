@@ -71,7 +71,13 @@ def train_cmd(
             overrides[key] = value
     cfg = resolve_train_config(preset, config, overrides)
     default_num_threads()
-    result = train(cfg, data, out, resume=resume, progress=not no_progress)
+    from tubelet.train.parallel import shutdown_distributed
+
+    try:
+        result = train(cfg, data, out, resume=resume, progress=not no_progress)
+    except BaseException:
+        shutdown_distributed(wait=False)
+        raise
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_rank() == 0:
@@ -80,8 +86,6 @@ def train_cmd(
             typer.echo(f"{result.skipped_files} unreadable file(s) were skipped (see the log)")
         if result.model_dir is not None:
             typer.echo(str(result.model_dir.resolve()))
-    from tubelet.train.parallel import shutdown_distributed
-
     shutdown_distributed()
 
 

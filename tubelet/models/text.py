@@ -159,11 +159,12 @@ class _ByteBlock(nn.Module):
         self.fc1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.fc2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor | None, sin: Tensor | None, attn_mask: Tensor) -> Tensor:
         b, n, d = x.shape  # (B, L, D)
         q, k, v = self.qkv(self.attn_norm(x)).view(b, n, 3, self.num_heads, d // self.num_heads).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, hd)
-        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        if cos is not None and sin is not None:  # rotary positions (None: a set, no positions)
+            q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, L, hd)
         x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))
         return x + self.fc2(F.gelu(self.fc1(self.mlp_norm(x)), approximate="tanh"))
@@ -487,11 +488,17 @@ class HFTextEncoder(nn.Module):
 
 def load_text_encoder(
     directory: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-) -> ByteTextEncoder | HFTextEncoder:
+) -> nn.Module:
     """Load whichever text encoder `directory/config.json` names in `_class`."""
     raw = read_config_json(directory)
     name = raw.get("_class")
-    classes: dict[str, Any] = {"ByteTextEncoder": ByteTextEncoder, "HFTextEncoder": HFTextEncoder}
+    from tubelet.models.shapes_text import ShapesTextEncoder
+
+    classes: dict[str, Any] = {
+        "ByteTextEncoder": ByteTextEncoder,
+        "HFTextEncoder": HFTextEncoder,
+        "ShapesTextEncoder": ShapesTextEncoder,
+    }
     if name not in classes:
         raise ModelLoadError(
             f"{Path(directory) / CONFIG_NAME}: _class is {name!r}; a text encoder directory holds one of {sorted(classes)}"

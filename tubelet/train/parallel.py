@@ -14,6 +14,7 @@ Order of wrappers (torchtitan's order, each optional):
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass, field
 
@@ -73,9 +74,21 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, local_rank=local, world_size=world, device=dev)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(wait: bool = True) -> None:
+    """Leave the process group, after freeing what still holds it.
+
+    FSDP2 modules, their device mesh and pending gloo work objects sit in reference cycles, so they
+    would otherwise be freed during interpreter finalisation, after the group is destroyed, where
+    gloo's threads can abort the process ("terminate called without an active exception": rare, but
+    seen in this project's CI; pytorch/pytorch#179291 describes the same teardown race).
+    `wait=False` skips the closing barrier (after an error, when the other ranks may never arrive).
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        if wait:
+            dist.barrier()  # no rank tears down while another still talks to it
         dist.destroy_process_group()
+    gc.collect()
 
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:

@@ -78,6 +78,7 @@ class DiTTask:
 
     def __init__(self, cfg: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1) -> None:
         from tubelet.models.dit import DIT_PRESETS, DiTConfig, VideoDiT
+        from tubelet.models.shapes_text import SHAPES_TEXT_PRESETS, ShapesTextConfig, ShapesTextEncoder
         from tubelet.models.text import BYTE_TEXT_PRESETS, ByteTextConfig, ByteTextEncoder, load_text_encoder
         from tubelet.models.vae import CausalVideoVAE
 
@@ -93,14 +94,25 @@ class DiTTask:
         te = cfg.text_encoder
         self.frozen_text = None
         self.text_dir: Path | None = None
-        if isinstance(te, str) and te not in BYTE_TEXT_PRESETS and Path(te).exists():
+        if (
+            isinstance(te, str)
+            and te not in BYTE_TEXT_PRESETS
+            and te not in SHAPES_TEXT_PRESETS
+            and Path(te).exists()
+        ):
             self.text_dir = Path(te)
             enc = load_text_encoder(te)
-            if isinstance(enc, ByteTextEncoder) and cfg.train_text_encoder:
+            if isinstance(enc, (ByteTextEncoder, ShapesTextEncoder)) and cfg.train_text_encoder:
                 text: nn.Module | None = enc
             else:
                 self.frozen_text = enc.to(device).eval().requires_grad_(False)
                 text = None
+        elif (isinstance(te, str) and te in SHAPES_TEXT_PRESETS) or (
+            isinstance(te, dict) and te.get("_class") == "ShapesTextEncoder"
+        ):
+            if isinstance(te, dict):
+                te = {k: v for k, v in te.items() if k != "_class"}
+            text = ShapesTextEncoder(_preset(te, SHAPES_TEXT_PRESETS, ShapesTextConfig, "text_encoder"))
         else:
             text = ByteTextEncoder(_preset(te, BYTE_TEXT_PRESETS, ByteTextConfig, "text_encoder"))
             if not cfg.train_text_encoder:
