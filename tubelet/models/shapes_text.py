@@ -28,7 +28,6 @@ Words outside the grammar raise `TextEncodingError` quoting the word and listing
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -38,7 +37,7 @@ from torch import Tensor, nn
 from tubelet.errors import ConfigError
 from tubelet.models.hub import PretrainedMixin
 from tubelet.models.layers import RMSNorm
-from tubelet.models.text import TextEmbedding, TextEncodingError, _ByteBlock
+from tubelet.models.text import TextEmbedding, TextEncodingError, _ByteBlock, init_blocks
 
 __all__ = ["SHAPES_TEXT_PRESETS", "ShapesTextConfig", "ShapesTextEncoder", "shapes_vocab"]
 
@@ -106,13 +105,7 @@ class ShapesTextEncoder(nn.Module, PretrainedMixin):
         with torch.no_grad():
             self.embed.weight[0].zero_()
         nn.init.normal_(self.slot_type.weight, std=1.0)
-        std = 0.02
-        out_std = std / math.sqrt(2 * max(1, self.config.num_layers))
-        for blk in self.blocks:
-            nn.init.normal_(blk.qkv.weight, std=std)
-            nn.init.normal_(blk.fc1.weight, std=std)
-            nn.init.normal_(blk.proj.weight, std=out_std)
-            nn.init.normal_(blk.fc2.weight, std=out_std)
+        init_blocks(self.blocks)
 
     @property
     def dim(self) -> int:

@@ -170,6 +170,16 @@ class _ByteBlock(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.mlp_norm(x)), approximate="tanh"))
 
 
+def init_blocks(blocks: nn.ModuleList, std: float = 0.02) -> None:
+    """GPT-2 style init of `_ByteBlock`s: N(0, std), output projections scaled by 1/sqrt(2 * layers)."""
+    out_std = std / math.sqrt(2 * max(1, len(blocks)))
+    for blk in blocks:
+        nn.init.normal_(blk.qkv.weight, std=std)
+        nn.init.normal_(blk.fc1.weight, std=std)
+        nn.init.normal_(blk.proj.weight, std=out_std)
+        nn.init.normal_(blk.fc2.weight, std=out_std)
+
+
 class ByteTextEncoder(nn.Module, PretrainedMixin):
     """Byte-level bidirectional transformer text encoder (no tokenizer files)."""
 
@@ -184,14 +194,8 @@ class ByteTextEncoder(nn.Module, PretrainedMixin):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        std = 0.02
-        nn.init.normal_(self.embed.weight, std=std)
-        out_std = std / math.sqrt(2 * self.config.num_layers)
-        for blk in self.blocks:
-            nn.init.normal_(blk.qkv.weight, std=std)
-            nn.init.normal_(blk.fc1.weight, std=std)
-            nn.init.normal_(blk.proj.weight, std=out_std)
-            nn.init.normal_(blk.fc2.weight, std=out_std)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        init_blocks(self.blocks)
 
     @property
     def dim(self) -> int:

@@ -201,7 +201,7 @@ TRAIN_PRESETS["shapes-t2v"] = TrainConfig(
     flow=FlowConfig(caption_dropout=0.1, shift=100.0, shift_mix=[100.0, 3.0], logit_std=1.5),
     optim=OptimConfig(lr=5e-4, warmup_steps=150, schedule="cosine", min_lr_ratio=0.05, grad_clip=1.0),
     ema_decay=0.999,
-    max_steps=2000,
+    max_steps=2600,
     log_every=20,
     save_every=200,
     samples=SampleConfig(
