@@ -59,6 +59,23 @@ def test_tiny_run_writes_the_run_folder(shapes_data: Path, tmp_path: Path) -> No
     assert list((run / "samples").glob("*.mp4"))
 
 
+def test_shapes_text_encoder_trains_jointly_and_generates(shapes_data: Path, tmp_path: Path) -> None:
+    from tubelet.models.shapes_text import ShapesTextEncoder
+    from tubelet.pipeline import TextToVideoPipeline
+
+    run = tmp_path / "run"
+    train(tiny(max_steps=3, save_every=0, text_encoder="shapes-tiny"), shapes_data, run, progress=False)
+    pipe = TextToVideoPipeline.from_pretrained(run / "model")
+    assert isinstance(pipe.text_encoder, ShapesTextEncoder)
+    en = pipe("a red circle moving right", seed=1, num_inference_steps=2, progress=False)
+    zh = pipe("一个红色圆形向右移动", seed=1, num_inference_steps=2, progress=False)
+    assert (en.frames == zh.frames).all()  # one prompt in two languages: the same clip
+    with pytest.raises(TubeletError, match="unknown word 'cat'"):
+        pipe("a red cat moving right", seed=1, num_inference_steps=2, progress=False)
+    with pytest.raises(ConfigError, match=r"unknown text_encoder preset 'nope'.*'shapes'"):
+        train(tiny(max_steps=1, text_encoder="nope"), shapes_data, tmp_path / "bad", progress=False)
+
+
 def test_gradient_accumulation_runs(shapes_data: Path, tmp_path: Path) -> None:
     res = train(tiny(max_steps=2, grad_accum=2, save_every=0), shapes_data, tmp_path / "acc", progress=False)
     lines = [json.loads(x) for x in (tmp_path / "acc" / "metrics.jsonl").read_text().splitlines()]

@@ -114,6 +114,11 @@ class DiTTask:
                 te = {k: v for k, v in te.items() if k != "_class"}
             text = ShapesTextEncoder(_preset(te, SHAPES_TEXT_PRESETS, ShapesTextConfig, "text_encoder"))
         else:
+            if isinstance(te, str) and te not in BYTE_TEXT_PRESETS:
+                raise ConfigError(
+                    f"unknown text_encoder preset {te!r} (and no such directory); available: "
+                    f"{sorted(BYTE_TEXT_PRESETS) + sorted(SHAPES_TEXT_PRESETS)}"
+                )
             text = ByteTextEncoder(_preset(te, BYTE_TEXT_PRESETS, ByteTextConfig, "text_encoder"))
             if not cfg.train_text_encoder:
                 raise ConfigError("train_text_encoder: false needs text_encoder to be a pretrained directory")
