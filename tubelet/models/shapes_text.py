@@ -34,10 +34,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from tubelet.errors import ConfigError
+from tubelet.errors import CaptionError, ConfigError
 from tubelet.models.hub import PretrainedMixin
 from tubelet.models.layers import RMSNorm
-from tubelet.models.text import TextEmbedding, TextEncodingError, _ByteBlock, init_blocks
+from tubelet.models.text import TextEmbedding, TextEncodingError, _ByteBlock, check_texts, init_blocks
 
 __all__ = ["SHAPES_TEXT_PRESETS", "ShapesTextConfig", "ShapesTextEncoder", "shapes_vocab"]
 
@@ -120,7 +120,6 @@ class ShapesTextEncoder(nn.Module, PretrainedMixin):
 
     def _slots(self, i: int, text: str) -> list[list[int]]:
         from tubelet.data.shapes import parse_caption
-        from tubelet.errors import CaptionError
 
         if not isinstance(text, str):
             raise TextEncodingError(f"text {i} is a {type(text).__name__}, not a string")
@@ -139,10 +138,7 @@ class ShapesTextEncoder(nn.Module, PretrainedMixin):
 
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Prompts -> ids (B, S, 4) long and mask (B, S) bool, on the CPU (see the module docstring)."""
-        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
-            raise TextEncodingError(f"expected a list of strings, got {type(texts).__name__}")
-        if len(texts) == 0:
-            raise TextEncodingError("expected at least one text, got an empty list")
+        check_texts(texts)
         rows = [self._slots(i, t) for i, t in enumerate(texts)]
         length = max(len(r) for r in rows)
         ids = torch.zeros((len(rows), length, FIELDS), dtype=torch.long)

@@ -170,6 +170,14 @@ class _ByteBlock(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.mlp_norm(x)), approximate="tanh"))
 
 
+def check_texts(texts: object) -> None:
+    """A text encoder's input must be a non-empty list (or tuple) of prompts."""
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise TextEncodingError(f"expected a list of strings, got {type(texts).__name__}")
+    if len(texts) == 0:
+        raise TextEncodingError("expected at least one text, got an empty list")
+
+
 def init_blocks(blocks: nn.ModuleList, std: float = 0.02) -> None:
     """GPT-2 style init of `_ByteBlock`s: N(0, std), output projections scaled by 1/sqrt(2 * layers)."""
     out_std = std / math.sqrt(2 * max(1, len(blocks)))
@@ -215,10 +223,7 @@ class ByteTextEncoder(nn.Module, PretrainedMixin):
         batch, or to `length` tokens (BOS included) if given. A text of more than
         `config.max_length` bytes raises TextEncodingError.
         """
-        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
-            raise TextEncodingError(f"expected a list of strings, got {type(texts).__name__}")
-        if len(texts) == 0:
-            raise TextEncodingError("expected at least one text, got an empty list")
+        check_texts(texts)
         limit = self.config.max_length
         encoded: list[bytes] = []
         for i, t in enumerate(texts):
@@ -362,10 +367,7 @@ class HFTextEncoder(nn.Module):
 
     def tokenize(self, texts: list[str], max_length: int | None = None) -> tuple[Tensor, Tensor]:
         """Texts -> ids (B, max_length) long, mask (B, max_length) bool, padded and truncated."""
-        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
-            raise TextEncodingError(f"expected a list of strings, got {type(texts).__name__}")
-        if len(texts) == 0:
-            raise TextEncodingError("expected at least one text, got an empty list")
+        check_texts(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TextEncodingError(f"text {i} is a {type(t).__name__}, not a string")
