@@ -575,3 +575,59 @@ def test_zero_cross_attn_starts_the_text_path_at_zero():
     assert all(blk.cross_attn.out.weight.grad.abs().sum() > 0 for blk in model.blocks)
     default = VideoDiT(dit_config(_tiny_dict()))
     assert all(blk.cross_attn.out.weight.abs().sum() > 0 for blk in default.blocks)
+
+
+def _unet_dict(**kw):
+    return {**_tiny_dict(), "patch_size": (2, 4, 4), "prediction": "x0", "pooled_text": True,
+            "unet_dims": (4, 6, 8), **kw}  # fmt: skip
+
+
+def test_unet_path_shapes_start_and_per_pixel_output(tmp_path):
+    """unet_dims: tokens are cut from the deepest conv level (patch_size / 4 here), a fresh model
+    predicts x0 = 0 (its last conv is zero), trained weights give per-pixel (not per-patch) output
+    through the skip connections, per-frame noise levels reach the conv levels, save/load round-trips,
+    and every parameter gets a gradient."""
+    cfg = dit_config(_unet_dict())
+    assert cfg.token_patch == (2, 1, 1) and cfg.token_in_channels == 8
+    fresh = VideoDiT(cfg).eval()
+    x, t, ctx = inputs(2, 4, 8, 12)
+    with torch.no_grad():
+        v = fresh(x, t, ctx)
+    assert v.shape == x.shape
+    s = (t / 1000).clamp_min(cfg.x0_min_s).view(2, 1, 1, 1, 1)
+    torch.testing.assert_close(v, x / s)  # x0_hat = 0
+
+    model = tiny_model(seed=4, **_unet_dict())
+    with torch.no_grad():
+        a = model(x, t, ctx)
+        b = model(x, t, ctx)
+        per_frame = model(x, t[:, None].repeat(1, 4) * torch.tensor([1.0, 0.5, 1.0, 0.5]), ctx)
+        x2 = x.clone()
+        x2[:, :, :, 0, 0] += 1.0  # one pixel of the input
+        c = model(x2, t, ctx)
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+    # frames 0 and 2 share their token group's time (the max) with frames 1 and 3, but their conv
+    # levels see their own noise level, so every frame changes
+    assert all(not torch.allclose(a[:, :, i], per_frame[:, :, i]) for i in range(4))
+    x0a, x0c = x - s * a, x2 - s * c
+    d = (x0a - x0c).abs().amax(dim=(0, 1, 2))  # (H, W) change of the predicted x0
+    assert d[0, 0] > 0 and not torch.allclose(d[:4, :4], d[0, 0].expand(4, 4))  # not patch-constant
+    model.save_pretrained(tmp_path / "dit")
+    again = VideoDiT.from_pretrained(tmp_path / "dit").eval()
+    with torch.no_grad():
+        assert torch.equal(again(x, t, ctx), a)
+    model.train()
+    model(x, t, ctx).square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, missing
+
+
+def test_unet_config_errors():
+    with pytest.raises(ConfigError, match="spatial patch size"):
+        dit_config(_unet_dict(patch_size=(1, 2, 2)))
+    with pytest.raises(ConfigError, match="unet_dims must be"):
+        dit_config(_unet_dict(unet_dims=(8,)))
+    with pytest.raises(ConfigError, match="unet_dims must be"):
+        dit_config(_unet_dict(unet_dims=(8, 0)))
+    with pytest.raises(ConfigError, match="not both"):
+        dit_config(_unet_dict(refiner_dim=4))

@@ -235,6 +235,32 @@ def test_vae_run_exports_a_vae_with_latent_stats(shapes_data: Path, tmp_path: Pa
     assert all("rec" in r and "kl" in r for r in rec)
 
 
+def test_vae_foreground_weight_reweights_object_pixels() -> None:
+    """recon_foreground_weight: pixels off the clip's dominant colour count 1 + w times, and each
+    sample is normalised by its total weight (a hand-computed L1 on a 2-pixel object)."""
+    from tubelet.train.tasks import VAETask
+
+    video = torch.full((1, 3, 1, 4, 4), -1.0)
+    video[..., 0, :2] = 1.0  # a 2-pixel "object" on a black frame
+    recon = video.clone()
+    recon[..., 0, 0] = 0.0  # error 1 on one object pixel (3 channels)
+    recon[..., 3, 3] = -0.5  # error 0.5 on one background pixel
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x, sample_posterior=False, generator=None):
+            z = torch.zeros(1, 16, 1, 1, 1)
+            return recon, z, z
+
+    for w, expected in ((0.0, (3 * 1.0 + 3 * 0.5) / 48), (9.0, (10 * 3 * 1.0 + 3 * 0.5) / ((14 + 20) * 3))):
+        task = VAETask(
+            resolve_train_config("tiny-vae", overrides={"recon_foreground_weight": w}), torch.device("cpu")
+        )
+        _, logs = task.loss(Fixed(), {"video": video}, torch.Generator())
+        assert logs["rec"].item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ConfigError, match="recon_foreground_weight"):
+        resolve_train_config("tiny-vae", overrides={"recon_foreground_weight": -1})
+
+
 def test_latent_cache_feeds_training(shapes_data: Path, tmp_path: Path) -> None:
     from tubelet.data.cache import LatentCacheDataset, build_cache
 

@@ -94,6 +94,14 @@ class DiTConfig:
     refiner_dim: int = 0
     refiner_layers: int = 3
     refiner_features: int = 8
+    # A convolutional U-path around the transformer (U-ViT / "simple diffusion" style), for small
+    # pixel-space models: `unet_dims = (c_0, ..., c_k)` puts a per-frame residual conv level of c_i
+    # channels at resolution H / 2^i for i < k, and c_k channels at H / 2^k, where the tokens are cut
+    # (so the spatial patch size must be divisible by 2^k). The head emits c_k-channel features that
+    # are upsampled back through the levels, each adding its encoder features (skip connections from
+    # the noisy input: crisp edges at low noise) and conditioned on the noise level (FiLM from the
+    # time + pooled-text embedding). () = plain linear patch embedding and head, as in Wan.
+    unet_dims: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in (
@@ -138,6 +146,22 @@ class DiTConfig:
             raise ConfigError(
                 f"DiTConfig.refiner_layers must be >= 2 with a refiner, got {self.refiner_layers}"
             )
+        self.unet_dims = tuple(self.unet_dims)  # type: ignore[assignment]
+        if self.unet_dims:
+            if len(self.unet_dims) < 2 or any(
+                isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in self.unet_dims
+            ):
+                raise ConfigError(
+                    f"DiTConfig.unet_dims must be () or at least two positive integers, got {self.unet_dims!r}"
+                )
+            k = 2 ** (len(self.unet_dims) - 1)
+            if self.patch_size[1] % k or self.patch_size[2] % k:
+                raise ConfigError(
+                    f"DiTConfig: unet_dims {self.unet_dims} downsample by {k}, which must divide the "
+                    f"spatial patch size {self.patch_size[1:]}"
+                )
+            if self.refiner_dim:
+                raise ConfigError("DiTConfig: use either a refiner or unet_dims, not both")
         if not 0.0 < self.x0_min_s <= 1.0:
             raise ConfigError(f"DiTConfig.x0_min_s must be in (0, 1], got {self.x0_min_s}")
 
@@ -148,6 +172,18 @@ class DiTConfig:
     @property
     def patch_volume(self) -> int:
         return math.prod(self.patch_size)
+
+    @property
+    def token_patch(self) -> tuple[int, int, int]:
+        """The patch cut from the tokenised grid: `patch_size`, spatially divided by the U-path's 2^k."""
+        k = 2 ** max(len(self.unet_dims) - 1, 0)
+        pt, ph, pw = self.patch_size
+        return pt, ph // k, pw // k
+
+    @property
+    def token_in_channels(self) -> int:
+        """Channels of the grid the tokens are cut from (the input, or the U-path's deepest level)."""
+        return self.unet_dims[-1] if self.unet_dims else self.in_channels
 
 
 DIT_PRESETS: dict[str, DiTConfig] = {
@@ -170,6 +206,22 @@ DIT_PRESETS: dict[str, DiTConfig] = {
         embed_init="xavier",
         pooled_text=True,
         refiner_dim=24,
+    ),
+    # The same trunk inside a convolutional U-path (16 / 32 / 64 channels at 64 / 32 / 16 pixels per
+    # side): the tokens are cut from 16 x 16 x 64 features in (4, 2, 2) patches (still 256 tokens).
+    "shapes-unet": DiTConfig(
+        dim=256,
+        num_heads=4,
+        num_layers=8,
+        ffn_dim=1024,
+        text_dim=256,
+        in_channels=3,
+        out_channels=3,
+        patch_size=(4, 8, 8),
+        prediction="x0",
+        embed_init="xavier",
+        pooled_text=True,
+        unet_dims=(16, 32, 64),
     ),
     "wan2.1-1.3b": DiTConfig(dim=1536, num_heads=12, num_layers=30, ffn_dim=8960, text_dim=4096),
     "wan2.1-14b": DiTConfig(dim=5120, num_heads=40, num_layers=40, ffn_dim=13824, text_dim=4096),
@@ -317,6 +369,84 @@ class Refiner(nn.Module):
         return head[:, : self.out_channels] + h
 
 
+class _FiLMResBlock(nn.Module):
+    """Per-frame residual block: h + conv(silu(FiLM(conv(silu(h))))), FiLM = (1 + scale, shift) from
+    an embedding (zero-initialised: a fresh block ignores the noise level)."""
+
+    def __init__(self, channels: int, emb_dim: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * channels)
+
+    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
+        """h: (N, C, H, W) frames; emb: (N, emb_dim) SiLU-activated conditioning per frame."""
+        scale, shift = linear(emb, self.film).to(h.dtype)[:, :, None, None].chunk(2, dim=1)
+        r = self.conv1(F.silu(h))
+        r = torch.addcmul(shift, r, 1 + scale)
+        return h + self.conv2(F.silu(r))
+
+
+class UPath(nn.Module):
+    """The convolutional U-path of `DiTConfig.unet_dims`: per-frame encoder levels before the tokens
+    and decoder levels after the head, joined by skip connections.
+
+    encode: x (B, C_in, F, H, W), s (B, F) noise levels in [0, 1], emb (B*F, D) ->
+        grid (B, c_k, F, H/2^k, W/2^k) and the skips; decode: head features of that grid -> (B, C_out, F, H, W).
+    Frames are folded into the batch (channels-last 2-D convolutions); time mixing is the transformer's.
+    """
+
+    def __init__(self, c: DiTConfig) -> None:
+        super().__init__()
+        dims = c.unet_dims
+        k = len(dims) - 1
+        self.out_channels = c.out_channels
+        self.stem = nn.Conv2d(c.in_channels + 1, dims[0], kernel_size=3, padding=1)
+        self.enc = nn.ModuleList(_FiLMResBlock(dims[i], c.dim) for i in range(k))
+        self.down = nn.ModuleList(
+            nn.Conv2d(dims[i], dims[i + 1], kernel_size=3, stride=2, padding=1) for i in range(k)
+        )
+        self.up = nn.ModuleList(nn.Conv2d(dims[i + 1], dims[i], kernel_size=3, padding=1) for i in range(k))
+        self.dec = nn.ModuleList(_FiLMResBlock(dims[i], c.dim) for i in range(k))
+        self.out = nn.Conv2d(dims[0], c.out_channels, kernel_size=3, padding=1)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        for blk in [*self.enc, *self.dec]:
+            nn.init.zeros_(blk.film.weight)
+            nn.init.zeros_(blk.film.bias)
+        nn.init.zeros_(self.out.weight)
+
+    def encode(self, x: Tensor, s: Tensor, emb: Tensor) -> tuple[Tensor, list[Tensor]]:
+        b, ch, f, hh, ww = x.shape
+        dtype = self.stem.weight.dtype
+        smap = s.to(dtype).view(b, 1, f, 1, 1).expand(b, 1, f, hh, ww)
+        h = torch.cat([x.to(dtype), smap], dim=1).transpose(1, 2).reshape(b * f, ch + 1, hh, ww)
+        h = self.stem(h.contiguous(memory_format=torch.channels_last))
+        skips = []
+        for blk, down in zip(self.enc, self.down, strict=True):
+            h = blk(h, emb)
+            skips.append(h)
+            h = down(h)
+        skips.append(h)
+        _, ck, gh, gw = h.shape
+        return h.reshape(b, f, ck, gh, gw).transpose(1, 2), skips
+
+    def decode(self, feat: Tensor, skips: list[Tensor], emb: Tensor) -> Tensor:
+        b, ck, f, gh, gw = feat.shape
+        h = feat.transpose(1, 2).reshape(b * f, ck, gh, gw).to(self.stem.weight.dtype)
+        h = h.contiguous(memory_format=torch.channels_last) + skips[-1]
+        for i in reversed(range(len(self.dec))):
+            h = self.up[i](F.interpolate(h, scale_factor=2.0, mode="nearest")) + skips[i]
+            h = self.dec[i](h, emb)
+        out = self.out(F.silu(h))
+        return out.reshape(b, f, self.out_channels, *out.shape[-2:]).transpose(1, 2)
+
+
 class VideoDiT(nn.Module, PretrainedMixin):
     """Video diffusion transformer: `model(x, t, context, context_mask=None) -> velocity`."""
 
@@ -326,7 +456,8 @@ class VideoDiT(nn.Module, PretrainedMixin):
         super().__init__()
         self.config = config
         c = config
-        self.patch_embed = nn.Linear(c.in_channels * c.patch_volume, c.dim)
+        tpt = c.token_patch
+        self.patch_embed = nn.Linear(c.token_in_channels * math.prod(tpt), c.dim)
         self.text_embed = MLP(c.text_dim, c.dim, c.dim, activation="gelu_tanh")
         self.time_embed = MLP(c.freq_dim, c.dim, c.dim, activation="silu")
         self.pooled_embed = MLP(c.text_dim, c.dim, c.dim, activation="silu") if c.pooled_text else None
@@ -334,8 +465,10 @@ class VideoDiT(nn.Module, PretrainedMixin):
         self.blocks = nn.ModuleList([DiTBlock(c) for _ in range(c.num_layers)])
         self.head_modulation = nn.Parameter(torch.randn(2, c.dim) / c.dim**0.5)  # shift, scale
         extra = c.refiner_features if c.refiner_dim else 0
-        self.proj_out = nn.Linear(c.dim, (c.out_channels + extra) * c.patch_volume)
+        head_channels = c.unet_dims[-1] if c.unet_dims else c.out_channels + extra
+        self.proj_out = nn.Linear(c.dim, head_channels * math.prod(tpt))
         self.refiner = Refiner(c) if c.refiner_dim else None
+        self.unet = UPath(c) if c.unet_dims else None
         self.gradient_checkpointing = False
         self._rope_cache: dict[tuple, Tensor] = {}
         self.init_weights()
@@ -364,6 +497,8 @@ class VideoDiT(nn.Module, PretrainedMixin):
                 nn.init.zeros_(blk.cross_attn.out.weight)
         if self.refiner is not None:
             self.refiner.init_weights()
+        if self.unet is not None:
+            self.unet.init_weights()
 
     # ---------------------------------------------------------------------------------------
     def rope_tables(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
@@ -428,15 +563,11 @@ class VideoDiT(nn.Module, PretrainedMixin):
         """
         t = self._check_inputs(x, t, context, context_mask)
         c = self.config
-        b, ch, f, hh, ww = x.shape
-        pt, ph, pw = c.patch_size
-        gf, gh, gw = f // pt, hh // ph, ww // pw
+        b, _, f, hh, ww = x.shape
+        pt, ph, pw = c.token_patch
+        gf, gh, gw = f // pt, hh // c.patch_size[1], ww // c.patch_size[2]
         n = gf * gh * gw
         dtype = self.patch_embed.weight.dtype
-
-        # Patchify: (B, C, F, H, W) -> (B, N, C*pt*ph*pw), features ordered (C, pt, ph, pw).
-        patches = x.reshape(b, ch, gf, pt, gh, ph, gw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
-        tokens = linear(patches.reshape(b, n, -1).to(dtype), self.patch_embed)  # (B, N, D)
 
         # Time conditioning: (B, T, D) with T = 1 (one t per sample) or F' (one per frame).
         t_in = t
@@ -444,15 +575,37 @@ class VideoDiT(nn.Module, PretrainedMixin):
             t = t.view(b, gf, pt).amax(dim=2)  # (B, F')
         tt = t[:, None] if t.ndim == 1 else t  # (B, T)
         groups = tt.shape[1]
-        temb = self.time_embed(timestep_embedding(tt, c.freq_dim).to(dtype))  # (B, T, D)
+        pooled_emb = None
         if self.pooled_embed is not None:
             if context_mask is None:
                 pooled = context.float().mean(dim=1)  # (B, text_dim)
             else:
                 w = context_mask.to(torch.float32)[:, :, None]  # (B, L, 1)
                 pooled = (context.float() * w).sum(dim=1) / w.sum(dim=1)
-            temb = temb + self.pooled_embed(pooled.to(dtype))[:, None, :]
+            pooled_emb = self.pooled_embed(pooled.to(dtype))[:, None, :]  # (B, 1, D)
+        temb = self.time_embed(timestep_embedding(tt, c.freq_dim).to(dtype))  # (B, T, D)
+        if pooled_emb is not None:
+            temb = temb + pooled_emb
         time_mod = self.time_mod(F.silu(temb)).unflatten(-1, (6, c.dim))  # (B, T, 6, D)
+
+        grid = x
+        if self.unet is not None:
+            # per-frame conditioning of the conv levels: each frame's own noise level
+            tf = t_in.float() if t_in.ndim == 2 and t_in.shape[1] == f else None
+            if tf is None:
+                femb = temb.repeat_interleave(f // groups, dim=1)  # (B, F, D)
+                tf = tt.float().repeat_interleave(f // groups, dim=1)
+            else:
+                femb = self.time_embed(timestep_embedding(tf, c.freq_dim).to(dtype))
+                if pooled_emb is not None:
+                    femb = femb + pooled_emb
+            femb = F.silu(femb).reshape(b * f, c.dim)
+            grid, skips = self.unet.encode(x, tf / 1000.0, femb)  # (B, c_k, F, H/2^k, W/2^k)
+
+        # Patchify: (B, C, F, H, W) -> (B, N, C*pt*ph*pw), features ordered (C, pt, ph, pw).
+        gc = grid.shape[1]
+        patches = grid.reshape(b, gc, gf, pt, gh, ph, gw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        tokens = linear(patches.reshape(b, n, -1).to(dtype), self.patch_embed)  # (B, N, D)
 
         ctx = self.text_embed(context.to(dtype))  # (B, L, D)
         rope = self.rope_tables((gf, gh, gw), x.device)
@@ -469,9 +622,11 @@ class VideoDiT(nn.Module, PretrainedMixin):
         mod = (self.head_modulation.float() + temb.float()[:, :, None, :]).unsqueeze(3)  # (B, T, 2, 1, D)
         h = modulated_layer_norm(h, mod[:, :, 1], mod[:, :, 0], c.eps)
         out = linear(h.reshape(b, n, c.dim), self.proj_out)  # (B, N, pt*ph*pw*C_head)
-        c_head = out.shape[-1] // c.patch_volume  # C_out (+ refiner features)
+        c_head = out.shape[-1] // (pt * ph * pw)  # C_out (+ refiner features) or the U-path's c_k
         out = out.reshape(b, gf, gh, gw, pt, ph, pw, c_head).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        out = out.reshape(b, c_head, f, hh, ww)
+        out = out.reshape(b, c_head, f, gh * ph, gw * pw)
+        if self.unet is not None:
+            out = self.unet.decode(out, skips, femb)  # (B, C_out, F, H, W)
         if self.refiner is not None:
             out = self.refiner(x, out, t_in)  # (B, C_out, F, H, W)
         if c.prediction == "x0":

@@ -75,6 +75,10 @@ class TrainConfig:
     flow: FlowConfig = field(default_factory=FlowConfig)
     kl_weight: float = 1e-6  # task=vae: weight of the KL term (per element, relative to the L1 term)
     recon_loss: Literal["l1", "mse"] = "l1"
+    # task=vae: extra reconstruction weight on foreground pixels (those differing from the clip's
+    # dominant colour, as `FlowConfig.foreground_weight`); each sample's loss is normalised by its total
+    # weight. Small objects on flat backgrounds are otherwise learned long after the background.
+    recon_foreground_weight: float = 0.0
     # ---- optimisation
     optim: OptimConfig = field(default_factory=OptimConfig)
     max_steps: int = 1000
@@ -103,6 +107,10 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.save_every < 0:
             raise ConfigError(f"TrainConfig.save_every must be >= 0, got {self.save_every}")
+        if not self.recon_foreground_weight >= 0.0:
+            raise ConfigError(
+                f"TrainConfig.recon_foreground_weight must be >= 0, got {self.recon_foreground_weight}"
+            )
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"TrainConfig.ema_decay must be in (0, 1) or null, got {self.ema_decay}")
 

@@ -294,7 +294,14 @@ class VAETask:
             self._fixed = video[:2].detach().cpu()
         recon, mean, logvar = wrapped(video, sample_posterior=True, generator=generator)
         diff = recon.float() - video
-        rec = diff.abs().mean() if self.cfg.recon_loss == "l1" else diff.square().mean()
+        err = diff.abs() if self.cfg.recon_loss == "l1" else diff.square()  # (B, 3, F, H, W)
+        if self.cfg.recon_foreground_weight > 0:
+            from tubelet.diffusion.flow import foreground_weights
+
+            w = foreground_weights(video, self.cfg.recon_foreground_weight)  # (B, 1, F, H, W)
+            rec = ((err * w).flatten(1).sum(1) / (w.flatten(1).sum(1) * err.shape[1])).mean()
+        else:
+            rec = err.mean()
         kl = gaussian_kl(mean.float(), logvar.float()).mean() / video[0].numel()
         loss = rec + self.cfg.kl_weight * kl
         b, _, f, h, w = video.shape
