@@ -407,6 +407,26 @@ def test_single_frame_training_path_matches_the_3d_route():
     torch.testing.assert_close(gf, gs)
 
 
+def test_time_kernel_1_is_a_frame_by_frame_autoencoder(tmp_path):
+    """time_kernel=1 without temporal downsampling: every frame is encoded and decoded on its own
+    (a clip's latents are its frames' latents), so a VAE trained on single frames serves whole clips;
+    the setting round-trips through save/load and is validated."""
+    model = tiny(seed=5, time_kernel=1, temporal_downsample=(False, False, False))
+    assert model.config.temporal_factor == 1
+    x = video(2, 6, 16, 16)
+    with torch.no_grad():
+        z = model.encode(x)
+        per_frame = torch.cat([model.encode(x[:, :, i : i + 1]) for i in range(6)], dim=2)
+        rec = model.decode(z)
+        rec_frames = torch.cat([model.decode(z[:, :, i : i + 1]) for i in range(6)], dim=2)
+    assert z.shape == (2, 16, 6, 2, 2)
+    assert rel_err(per_frame, z) <= 1e-5 and rel_err(rec_frames, rec) <= 1e-5
+    model.save_pretrained(tmp_path / "vae")
+    assert CausalVideoVAE.from_pretrained(tmp_path / "vae").config.time_kernel == 1
+    with pytest.raises(ConfigError, match="time_kernel"):
+        dataclasses.replace(VAE_PRESETS["tiny"], time_kernel=0)
+
+
 def test_posterior_sampling():
     model = tiny()
     x = video(1, 5, 16, 16)

@@ -223,6 +223,19 @@ DIT_PRESETS: dict[str, DiTConfig] = {
         pooled_text=True,
         unet_dims=(16, 32, 64),
     ),
+    # On the frame-by-frame shapes VAE's 16 x 8 x 8 x 8 latents: (2, 2, 2) patches -> 128 tokens.
+    "shapes-latent": DiTConfig(
+        dim=256,
+        num_heads=4,
+        num_layers=8,
+        ffn_dim=1024,
+        text_dim=256,
+        in_channels=8,
+        out_channels=8,
+        patch_size=(2, 2, 2),
+        embed_init="xavier",
+        pooled_text=True,
+    ),
     "wan2.1-1.3b": DiTConfig(dim=1536, num_heads=12, num_layers=30, ffn_dim=8960, text_dim=4096),
     "wan2.1-14b": DiTConfig(dim=5120, num_heads=40, num_layers=40, ffn_dim=13824, text_dim=4096),
 }

@@ -74,6 +74,10 @@ class VAEConfig:
     out_channels: int = 3
     latents_mean: tuple[float, ...] | None = None
     latents_std: tuple[float, ...] | None = None
+    # Frames each causal convolution sees (3 in Wan2.1). 1 with no temporal downsampling = an image
+    # autoencoder applied frame by frame: it trains on single frames at full speed and, unlike a
+    # time-kernel-3 VAE trained on frames, behaves the same on whole clips.
+    time_kernel: int = 3
 
     def __post_init__(self) -> None:
         # Accept lists from Python callers; store tuples so configs compare and hash sanely.
@@ -84,7 +88,7 @@ class VAEConfig:
             self.latents_mean = tuple(self.latents_mean)
         if self.latents_std is not None:
             self.latents_std = tuple(self.latents_std)
-        for name in ("base_dim", "z_dim", "num_res_blocks", "in_channels", "out_channels"):
+        for name in ("base_dim", "z_dim", "num_res_blocks", "in_channels", "out_channels", "time_kernel"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"VAEConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.decoder_base_dim is not None and self.decoder_base_dim < 1:
@@ -167,7 +171,8 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         dims = [cfg.base_dim * m for m in (1, *cfg.dim_mult)]
-        self.conv_in = CausalConv3d(cfg.in_channels, dims[0])
+        tk = cfg.time_kernel
+        self.conv_in = CausalConv3d(cfg.in_channels, dims[0], tk)
         levels = []
         scale = 1.0
         last = len(cfg.dim_mult) - 1
@@ -175,7 +180,7 @@ class Encoder(nn.Module):
             blocks: list[nn.Module] = []
             c_in = dims[i]
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock(c_in, dims[i + 1], cfg.dropout))
+                blocks.append(ResBlock(c_in, dims[i + 1], cfg.dropout, tk))
                 if scale in cfg.attn_scales:
                     blocks.append(FrameAttention(dims[i + 1]))
                 c_in = dims[i + 1]
@@ -183,9 +188,9 @@ class Encoder(nn.Module):
             levels.append(_Level(blocks, down))
             scale /= 2.0
         self.levels = nn.ModuleList(levels)
-        self.mid = MidBlock(dims[-1], cfg.dropout)
+        self.mid = MidBlock(dims[-1], cfg.dropout, tk)
         self.norm_out = ChannelRMSNorm(dims[-1])
-        self.conv_out = CausalConv3d(dims[-1], 2 * cfg.z_dim)
+        self.conv_out = CausalConv3d(dims[-1], 2 * cfg.z_dim, tk)
 
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
         x = self.conv_in(x, cache)
@@ -203,8 +208,9 @@ class Decoder(nn.Module):
         base = cfg.decoder_base_dim or cfg.base_dim
         dims = [base * m for m in (cfg.dim_mult[-1], *reversed(cfg.dim_mult))]
         temporal_up = tuple(reversed(cfg.temporal_downsample))
-        self.conv_in = CausalConv3d(cfg.z_dim, dims[0])
-        self.mid = MidBlock(dims[0], cfg.dropout)
+        tk = cfg.time_kernel
+        self.conv_in = CausalConv3d(cfg.z_dim, dims[0], tk)
+        self.mid = MidBlock(dims[0], cfg.dropout, tk)
         levels = []
         last = len(cfg.dim_mult) - 1
         scale = 1.0 / 2**last
@@ -214,7 +220,7 @@ class Decoder(nn.Module):
             c_out = dims[i + 1]
             blocks: list[nn.Module] = []
             for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(ResBlock(c_in, c_out, cfg.dropout))
+                blocks.append(ResBlock(c_in, c_out, cfg.dropout, tk))
                 if scale in cfg.attn_scales:
                     blocks.append(FrameAttention(c_out))
                 c_in = c_out
@@ -223,7 +229,7 @@ class Decoder(nn.Module):
             scale *= 2.0
         self.levels = nn.ModuleList(levels)
         self.norm_out = ChannelRMSNorm(dims[-1])
-        self.conv_out = CausalConv3d(dims[-1], cfg.out_channels)
+        self.conv_out = CausalConv3d(dims[-1], cfg.out_channels, tk)
 
     def forward(self, z: Tensor, cache: CausalCache | None = None) -> Tensor:
         x = self.conv_in(z, cache)

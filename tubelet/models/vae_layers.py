@@ -160,13 +160,13 @@ class ResBlock(nn.Module):
     """norm -> SiLU -> causal conv -> norm -> SiLU -> dropout -> causal conv, plus a skip
     (a 1x1x1 conv when the channel count changes)."""
 
-    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0) -> None:
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0, time_kernel: int = 3) -> None:
         super().__init__()
         self.norm1 = ChannelRMSNorm(in_dim)
-        self.conv1 = CausalConv3d(in_dim, out_dim)
+        self.conv1 = CausalConv3d(in_dim, out_dim, time_kernel)
         self.norm2 = ChannelRMSNorm(out_dim)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = CausalConv3d(out_dim, out_dim)
+        self.conv2 = CausalConv3d(out_dim, out_dim, time_kernel)
         self.skip = CausalConv3d(in_dim, out_dim, 1, 1) if in_dim != out_dim else None
 
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:  # (B, C, T, H, W)
@@ -198,11 +198,11 @@ class FrameAttention(nn.Module):
 class MidBlock(nn.Module):
     """Residual block, per-frame attention, residual block."""
 
-    def __init__(self, dim: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, dropout: float = 0.0, time_kernel: int = 3) -> None:
         super().__init__()
-        self.res_in = ResBlock(dim, dim, dropout)
+        self.res_in = ResBlock(dim, dim, dropout, time_kernel)
         self.attn = FrameAttention(dim)
-        self.res_out = ResBlock(dim, dim, dropout)
+        self.res_out = ResBlock(dim, dim, dropout, time_kernel)
 
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
         return self.res_out(self.attn(self.res_in(x, cache)), cache)

@@ -237,6 +237,37 @@ TRAIN_PRESETS["shapes-t2v-latent"] = dataclasses.replace(
 )
 
 
+# The latent path with a frame-by-frame VAE (time_kernel 1, no temporal compression): trained on
+# single frames only (an image autoencoder applied to each frame), object pixels weighted.
+#   tubelet train --preset shapes-vae-frames --data data/shapes --out runs/vae-frames
+#   tubelet data cache data/shapes --model runs/vae-frames/model --preset shapes-t2v-frames --out cache/frames
+#   tubelet train --preset shapes-t2v-frames --set cache=cache/frames --set vae_path=runs/vae-frames/model \
+#       --out runs/t2v-frames
+TRAIN_PRESETS["shapes-vae-frames"] = dataclasses.replace(
+    TRAIN_PRESETS["shapes-vae"],
+    vae={
+        "base_dim": 32,
+        "z_dim": 8,
+        "dim_mult": [1, 2, 2, 2],
+        "num_res_blocks": 1,
+        "temporal_downsample": [False, False, False],
+        "time_kernel": 1,
+    },
+    recon_foreground_weight=10.0,
+    optim=OptimConfig(lr=2e-4, warmup_steps=100, schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0),
+    max_steps=2500,
+)
+TRAIN_PRESETS["shapes-t2v-frames"] = dataclasses.replace(
+    TRAIN_PRESETS["shapes-t2v"],
+    dit="shapes-latent",
+    vae_path=None,  # set to the shapes-vae-frames run's model dir
+    flow=FlowConfig(caption_dropout=0.1, shift=5.0, logit_std=1.2),
+    optim=OptimConfig(lr=5e-4, warmup_steps=150, schedule="cosine", min_lr_ratio=0.05, grad_clip=1.0),
+    max_steps=3000,
+    save_every=250,
+)
+
+
 def resolve_train_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
