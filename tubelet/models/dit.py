@@ -207,22 +207,6 @@ DIT_PRESETS: dict[str, DiTConfig] = {
         pooled_text=True,
         refiner_dim=24,
     ),
-    # The same trunk inside a convolutional U-path (16 / 32 / 64 channels at 64 / 32 / 16 pixels per
-    # side): the tokens are cut from 16 x 16 x 64 features in (4, 2, 2) patches (still 256 tokens).
-    "shapes-unet": DiTConfig(
-        dim=256,
-        num_heads=4,
-        num_layers=8,
-        ffn_dim=1024,
-        text_dim=256,
-        in_channels=3,
-        out_channels=3,
-        patch_size=(4, 8, 8),
-        prediction="x0",
-        embed_init="xavier",
-        pooled_text=True,
-        unet_dims=(16, 32, 64),
-    ),
     # On the frame-by-frame shapes VAE's 16 x 8 x 8 x 8 latents: (2, 2, 2) patches -> 128 tokens.
     "shapes-latent": DiTConfig(
         dim=256,
@@ -239,6 +223,11 @@ DIT_PRESETS: dict[str, DiTConfig] = {
     "wan2.1-1.3b": DiTConfig(dim=1536, num_heads=12, num_layers=30, ffn_dim=8960, text_dim=4096),
     "wan2.1-14b": DiTConfig(dim=5120, num_heads=40, num_layers=40, ffn_dim=13824, text_dim=4096),
 }
+
+
+# The same trunk inside a convolutional U-path (16 / 32 / 64 channels at 64 / 32 / 16 pixels per
+# side): the tokens are cut from 16 x 16 x 64 features in (4, 2, 2) patches (still 256 tokens).
+DIT_PRESETS["shapes-unet"] = replace(DIT_PRESETS["shapes-pixel"], refiner_dim=0, unet_dims=(16, 32, 64))
 
 
 def dit_config(spec: str | dict[str, Any] | DiTConfig) -> DiTConfig:
