@@ -631,3 +631,49 @@ def test_unet_config_errors():
         dit_config(_unet_dict(unet_dims=(8, 0)))
     with pytest.raises(ConfigError, match="not both"):
         dit_config(_unet_dict(refiner_dim=4))
+
+
+def test_token_conv_starts_at_zero_and_is_a_local_spacetime_convolution(tmp_path):
+    """conv_kernel: a fresh token convolution adds nothing (the model equals the same weights without
+    it); with attention silenced, changing one input patch changes only the outputs within the
+    convolutions' reach (1 token per layer along each of frames / rows / columns), so the tokens are
+    laid out on the right grid; checkpointing, save/load and gradients work."""
+    plain = tiny_model(seed=5, patch_size=(1, 1, 1))
+    conv = VideoDiT(dit_config({**_tiny_dict(), "patch_size": (1, 1, 1), "conv_kernel": 3})).eval()
+    missing, unexpected = conv.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all("token_conv" in k for k in missing)
+    x, t, ctx = inputs(2, 6, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x, t, ctx), plain(x, t, ctx), rtol=0, atol=0)
+
+    model = tiny_model(seed=6, patch_size=(1, 1, 1), conv_kernel=3)
+    with torch.no_grad():
+        for blk in model.blocks:  # tokens now meet only through the convolutions
+            blk.self_attn.out.weight.zero_()
+            blk.cross_attn.out.weight.zero_()
+        x2 = x.clone()
+        x2[:, :, 1, 2, 3] += 1.0
+        d = (model(x2, t, ctx) - model(x, t, ctx)).abs().amax(dim=(0, 1))  # (F, H, W)
+    reach = torch.zeros_like(d, dtype=torch.bool)
+    reach[0:4, 0:5, 1:6] = True  # 2 layers: +-2 around (1, 2, 3), clipped to the grid
+    assert (d[reach] > 0).all() and (d[~reach] == 0).all()
+
+    model.save_pretrained(tmp_path / "dit")
+    again = VideoDiT.from_pretrained(tmp_path / "dit").eval()
+    with torch.no_grad():
+        assert torch.equal(again(x, t, ctx), model(x, t, ctx))
+    model.train()
+    grads = []
+    for ckpt in (False, True):
+        model.zero_grad()
+        model.gradient_checkpointing = ckpt
+        model(x, t, ctx).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1])
+    assert all(b.token_conv.weight.grad.abs().sum() > 0 for b in model.blocks)
+
+
+def test_token_conv_config_errors():
+    for bad in (2, -1, True, 1.5):
+        with pytest.raises(ConfigError, match="conv_kernel"):
+            dit_config({**_tiny_dict(), "conv_kernel": bad})

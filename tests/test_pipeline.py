@@ -18,7 +18,6 @@ from tubelet.models.vae import VAE_PRESETS, CausalVideoVAE
 from tubelet.pipeline import (
     PipelineConfig,
     TextToVideoPipeline,
-    default_model_dir,
     resample_frames,
 )
 
@@ -118,9 +117,14 @@ def test_bad_settings_are_clear_errors(pipe: TextToVideoPipeline) -> None:
         gen(pipe, "__call__", PROMPT, sampler="nope")
     with pytest.raises(TubeletError, match="no prompt"):
         gen(pipe, "__call__", [])
-    if not (default_model_dir() / "config.json").is_file():
-        with pytest.raises(ModelLoadError, match="embedded default model"):
-            TextToVideoPipeline.from_pretrained()
+
+
+def test_missing_embedded_model_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tubelet.pipeline
+
+    monkeypatch.setattr(tubelet.pipeline, "default_model_dir", lambda: tmp_path / "gone")
+    with pytest.raises(ModelLoadError, match="embedded default model is missing"):
+        TextToVideoPipeline.from_pretrained()
 
 
 def test_save_load_round_trip_and_saved_metadata(pipe: TextToVideoPipeline, tmp_path: Path) -> None:
