@@ -206,9 +206,9 @@ class DiTConfig:
 DIT_PRESETS: dict[str, DiTConfig] = {
     "tiny": DiTConfig(dim=64, num_heads=2, num_layers=2, ffn_dim=128, text_dim=32, freq_dim=64),
     "small": DiTConfig(dim=256, num_heads=4, num_layers=6, ffn_dim=1024, text_dim=256),
-    # The embedded default model (16 x 5 x 8 x 8 latents of the shapes VAE -> 80 tokens).
+    # The first latent recipe (16 x 5 x 8 x 8 latents of the shapes VAE -> 80 tokens).
     "shapes": DiTConfig(dim=256, num_heads=4, num_layers=8, ffn_dim=1024, text_dim=256),
-    # The embedded default model: pixel space, 16 x 64 x 64 RGB clips in (4, 8, 8) tubelets ->
+    # The pixel-space recipe, 16 x 64 x 64 RGB clips in (4, 8, 8) tubelets ->
     # 4 x 8 x 8 = 256 tokens of 768 values each, wider than the model, hence x0-prediction.
     "shapes-pixel": DiTConfig(
         dim=256,
@@ -245,8 +245,10 @@ DIT_PRESETS: dict[str, DiTConfig] = {
 # The same trunk inside a convolutional U-path (16 / 32 / 64 channels at 64 / 32 / 16 pixels per
 # side): the tokens are cut from 16 x 16 x 64 features in (4, 2, 2) patches (still 256 tokens).
 DIT_PRESETS["shapes-unet"] = replace(DIT_PRESETS["shapes-pixel"], refiner_dim=0, unet_dims=(16, 32, 64))
-# shapes-latent with a 3 x 3 x 3 depthwise token convolution in every block (see `conv_kernel`).
-DIT_PRESETS["shapes-latent-conv"] = replace(DIT_PRESETS["shapes-latent"], conv_kernel=3)
+# The embedded default model: shapes-latent with 4-frame patches (16 x 8 x 8 x 8 latents -> 64 tokens
+# of 128 values; an object moves ~1 latent pixel within a token, so its direction is part of the
+# token's content) and a 3 x 3 x 3 depthwise token convolution in every block (see `conv_kernel`).
+DIT_PRESETS["shapes-latent-conv"] = replace(DIT_PRESETS["shapes-latent"], patch_size=(4, 2, 2), conv_kernel=3)
 
 
 def dit_config(spec: str | dict[str, Any] | DiTConfig) -> DiTConfig:

@@ -149,7 +149,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
 }
 
 
-# The embedded default model (docs/model-card.md): first the VAE, then the DiT on its cached latents.
+# The first latent recipe (a time-kernel-3 VAE with x4 temporal compression), kept for comparison:
 #   tubelet data shapes --out data/shapes --num 20000 --seed 1000
 #   tubelet train --preset shapes-vae --data data/shapes --out runs/shapes-vae
 #   tubelet train --preset shapes-vae-long --data data/shapes --out runs/shapes-vae-long --set init_from=runs/shapes-vae/model
@@ -185,8 +185,8 @@ TRAIN_PRESETS["shapes-vae-long"] = dataclasses.replace(
 )
 
 
-# The embedded default model: a pixel-space DiT with x0-prediction (see docs/model-card.md for why
-# not the latent path on this machine). 16 x 64 x 64 clips, (4, 8, 8) tubelets -> 256 tokens.
+# The pixel-space recipe (DiT with x0-prediction; see docs/model-card.md), kept for comparison and as
+# the base of the shapes presets below. 16 x 64 x 64 clips, (4, 8, 8) tubelets -> 256 tokens.
 #   tubelet data shapes --out data/shapes --num 20000 --seed 1000 \
 #       --holdout tubelet/assets/suites/shapes-holdout.json
 #   tubelet train --preset shapes-t2v --data data/shapes --out runs/shapes-t2v
@@ -237,8 +237,10 @@ TRAIN_PRESETS["shapes-t2v-latent"] = dataclasses.replace(
 )
 
 
-# The latent path with a frame-by-frame VAE (time_kernel 1, no temporal compression): trained on
-# single frames only (an image autoencoder applied to each frame), object pixels weighted.
+# The embedded default model (docs/model-card.md): the latent path with a frame-by-frame VAE
+# (time_kernel 1, no temporal compression) trained on single frames only (an image autoencoder
+# applied to each frame), object pixels weighted; then the DiT `shapes-latent-conv` on its cached
+# latents (64 tokens per clip).
 #   tubelet train --preset shapes-vae-frames --data data/shapes --out runs/vae-frames
 #   tubelet data cache data/shapes --model runs/vae-frames/model --preset shapes-t2v-frames --out cache/frames
 #   tubelet train --preset shapes-t2v-frames --set cache=cache/frames --set vae_path=runs/vae-frames/model \
@@ -259,11 +261,11 @@ TRAIN_PRESETS["shapes-vae-frames"] = dataclasses.replace(
 )
 TRAIN_PRESETS["shapes-t2v-frames"] = dataclasses.replace(
     TRAIN_PRESETS["shapes-t2v"],
-    dit="shapes-latent",
+    dit="shapes-latent-conv",
     vae_path=None,  # set to the shapes-vae-frames run's model dir
     flow=FlowConfig(caption_dropout=0.1, shift=5.0, logit_std=1.2),
     optim=OptimConfig(lr=5e-4, warmup_steps=150, schedule="cosine", min_lr_ratio=0.05, grad_clip=1.0),
-    max_steps=3000,
+    max_steps=5000,
     save_every=250,
 )
 
