@@ -268,6 +268,14 @@ TRAIN_PRESETS["shapes-t2v-frames"] = dataclasses.replace(
     max_steps=5000,
     save_every=250,
 )
+# Its second stage: 2500 more steps from the first stage's model at a lower learning rate.
+#   tubelet train --preset shapes-t2v-frames-ft --set init_from=runs/t2v-frames/model \
+#       --set cache=cache/frames --set vae_path=runs/vae-frames/model --out runs/t2v-frames-ft
+TRAIN_PRESETS["shapes-t2v-frames-ft"] = dataclasses.replace(
+    TRAIN_PRESETS["shapes-t2v-frames"],
+    optim=OptimConfig(lr=2e-4, warmup_steps=50, schedule="cosine", min_lr_ratio=0.05, grad_clip=1.0),
+    max_steps=2500,
+)
 
 
 def resolve_train_config(
