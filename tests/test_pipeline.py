@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -129,6 +130,9 @@ def test_missing_embedded_model_is_a_clear_error(tmp_path: Path, monkeypatch: py
 
 def test_save_load_round_trip_and_saved_metadata(pipe: TextToVideoPipeline, tmp_path: Path) -> None:
     pipe.save_pretrained(tmp_path / "model")
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert saved["vae_scale_factor_spatial"] == pipe.vae.spatial_factor
+    assert saved["vae_scale_factor_temporal"] == pipe.vae.temporal_factor
     loaded = TextToVideoPipeline.from_pretrained(tmp_path / "model")
     a, b = gen(pipe, "__call__", PROMPT), gen(loaded, "__call__", PROMPT)
     assert np.array_equal(a.frames, b.frames)

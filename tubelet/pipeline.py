@@ -271,6 +271,9 @@ class TextToVideoPipeline:
         if self.vae is not None:
             self.vae.save_pretrained(d / "vae")
         cfg = {"_class": "TextToVideoPipeline", **config_to_dict(self.config)}
+        # Informational (loading reads the factors from the VAE): record the ones this pipeline has.
+        cfg["vae_scale_factor_spatial"] = self.vae.spatial_factor if self.vae is not None else 1
+        cfg["vae_scale_factor_temporal"] = self._tf
         tmp = d / "config.json.tmp"
         tmp.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, d / "config.json")
