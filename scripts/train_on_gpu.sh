@@ -1,37 +1,79 @@
 #!/usr/bin/env bash
-# Train the default model on one GPU within a fixed wall-clock budget, end to end:
-# shapes data -> pixel cache -> a short throughput probe -> a run whose step count fits the budget
-# (so the learning-rate schedule completes) -> float16 export.
+# Train default-model candidates on one GPU within a fixed wall-clock budget, end to end:
+# shapes data -> latent cache (the shipped frame VAE, encoded on the GPU) -> a short throughput probe
+# of every run at once -> the runs, side by side on the one GPU, each sized to end inside the budget
+# (so every learning-rate schedule completes) -> float16 exports.
 #
-#   BUDGET=540 NUM=40000 OUT=/tmp/out scripts/train_on_gpu.sh [extra --set overrides for train]
+#   BUDGET=540 NUM=20000 OUT=/tmp/out scripts/train_on_gpu.sh
 #
-# Env: BUDGET (seconds for the whole script), NUM (clip seeds), BATCH, WORKERS (data processes),
-# WORK (scratch dir), OUT (where the exported model and logs go), PRESET (default shapes-t2v).
-# A SIGINT/SIGTERM to the trainer saves a checkpoint; the export then uses the latest one.
+# Env: BUDGET (seconds for the whole script), NUM (clip seeds), WORKERS (data processes), WORK
+# (scratch dir), OUT (where the exports, as 15 MB tar parts without the VAE, and the logs go),
+# PROBE (probe steps), RUNS (which of the runs below), SMALL=1 (tiny batches: a CPU smoke test).
+# A run that is still going at the deadline gets SIGTERM, saves a checkpoint and stops; its export
+# then uses that checkpoint (and says so in its train log).
 set -u
 T0=$(date +%s)
-NUM=${NUM:-40000}; BUDGET=${BUDGET:-540}; BATCH=${BATCH:-128}; WORKERS=${WORKERS:-$(nproc)}
-PRESET=${PRESET:-shapes-t2v}; W=${WORK:-/tmp/tubelet-gpu}; OUT=${OUT:-$W/out}; PROBE=${PROBE:-60}
-mkdir -p "$W" "$OUT"
 el() { echo $(( $(date +%s) - T0 )); }
-TB="python3 -m tubelet"
+NUM=${NUM:-20000}; BUDGET=${BUDGET:-540}; WORKERS=${WORKERS:-$(nproc)}; PROBE=${PROBE:-40}
+W=${WORK:-/tmp/tubelet-gpu}; OUT=${OUT:-$W/out}; RUNS=${RUNS:-"fine cont"}
+VAE=tubelet/assets/shapes-t2v  # the shipped pipeline: its frame VAE is the recipe's (identical weights)
+mkdir -p "$W" "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}; TB="$PY -m tubelet"
+
+# name -> training flags (preset + overrides); batch sizes are part of each.
+flags() {
+  local b256="[[16,64,64,256]]" b128="[[16,64,64,128]]"
+  if [ "${SMALL:-0}" = 1 ]; then b256="[[16,64,64,4]]"; b128="[[16,64,64,2]]"; fi
+  case $1 in
+    fine) echo "--preset shapes-t2v-fine --set data.buckets=$b256" ;;
+    fine-b128) echo "--preset shapes-t2v-fine --set data.buckets=$b128 --set optim.lr=5e-4" ;;
+    cont) echo "--preset shapes-t2v-frames-ft --set init_from=$VAE --set data.buckets=$b256 --set optim.lr=3e-4" ;;
+    *) echo "unknown run $1" >&2; exit 1 ;;
+  esac
+}
+batch() { flags "$1" | sed -E 's/.*buckets=\[\[16,64,64,([0-9]+)\]\].*/\1/'; }
+train() {  # seconds name out-dir extra-args... (SIGTERM at the limit: the trainer saves and stops)
+  local secs=$1 name=$2 out=$3; shift 3
+  # shellcheck disable=SC2046
+  OMP_NUM_THREADS=4 timeout -s TERM "$secs" $TB train $(flags "$name") --set "cache=$W/cache" \
+    --set "vae_path=$VAE/vae" --set samples.every=0 --no-progress --out "$out" "$@"
+}
+
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 $TB data shapes --out "$W/data" --num "$NUM" --seed 1000 --frames 16 --workers "$WORKERS" \
     --holdout tubelet/assets/suites/shapes-holdout.json --no-progress || exit 1
-$TB data cache "$W/data" --pixels --workers "$WORKERS" --preset "$PRESET" --out "$W/cache" > /dev/null || exit 1
-echo "data and cache ready at $(el)s"
-COMMON=(--preset "$PRESET" --set "cache=$W/cache" --set "data.buckets=[[16,64,64,$BATCH]]" --no-progress "$@")
+echo "data at $(el)s: $(find "$W/data" -name '*.mp4' | wc -l) clips"
+$TB data cache "$W/data" --model "$VAE" --preset shapes-t2v-frames --out "$W/cache" --batch-size 256 \
+    --workers "$WORKERS" > "$W/cache.log" 2>&1 || { tail -20 "$W/cache.log"; exit 1; }
+echo "cache at $(el)s"
+
 P0=$(date +%s)
-$TB train "${COMMON[@]}" --out "$W/probe" --set max_steps=$PROBE --set log_every=$(( PROBE / 4 )) \
-    --set save_every=0 --set samples.every=0 > "$W/probe.log" 2>&1 || { tail -30 "$W/probe.log"; exit 1; }
+for r in $RUNS; do
+  train 300 "$r" "$W/probe-$r" --set max_steps="$PROBE" --set log_every=$(( PROBE / 4 )) --set save_every=0 \
+    > "$W/probe-$r.log" 2>&1 &
+done
+wait
 PWALL=$(( $(date +%s) - P0 ))
-SPS=$(python3 -c "import json; r=[json.loads(l) for l in open('$W/probe/metrics.jsonl')]; print(max(x['samples_per_s'] for x in r[-2:]))")
-LEFT=$(( BUDGET - $(el) - 40 ))
-STEPS=$(python3 -c "over = max(0.0, $PWALL - $PROBE * $BATCH / $SPS); print(max(100, int(($LEFT - over) * $SPS / $BATCH * 0.9)))")
-echo "probe: $SPS clips/s; $LEFT s left -> $STEPS steps"
-timeout -s INT $(( LEFT + 15 )) $TB train "${COMMON[@]}" --out "$W/run" --set max_steps=$STEPS \
-    --set log_every=50 --set save_every=500 > "$W/train.log" 2>&1
-echo "train exit $? at $(el)s"; tail -3 "$W/train.log"
-$TB export "$W/run" -o "$W/model16" --dtype float16 || exit 1
-tar -C "$W" -cf "$W/model16.tar" model16 && split -b 15M -d "$W/model16.tar" "$OUT/model16.tar.part"
-cp "$W/run/metrics.jsonl" "$W/run/config.json" "$W/train.log" "$OUT/"
+LEFT=$(( BUDGET - $(el) - 35 ))
+for r in $RUNS; do
+  m="$W/probe-$r/metrics.jsonl"
+  [ -s "$m" ] || { echo "probe $r failed:"; tail -20 "$W/probe-$r.log"; continue; }
+  B=$(batch "$r")
+  SPS=$($PY -c "import json; r=[json.loads(l) for l in open('$m')]; print(max(x['samples_per_s'] for x in r[-2:]))")
+  STEPS=$($PY -c "over = max(0.0, $PWALL - $PROBE * $B / $SPS); print(max(100, int(($LEFT - over) * $SPS / $B * 0.92)))")
+  echo "probe $r: $SPS clips/s (batch $B, all runs at once); $LEFT s left -> $STEPS steps"
+  train $(( LEFT + 10 )) "$r" "$W/run-$r" --set max_steps="$STEPS" --set log_every=50 --set save_every=1000 \
+    > "$W/train-$r.log" 2>&1 &
+done
+wait
+echo "training done at $(el)s"
+for r in $RUNS; do
+  [ -d "$W/run-$r" ] || continue
+  tail -2 "$W/train-$r.log"
+  $TB export "$W/run-$r" -o "$W/m-$r" --dtype float16 > /dev/null || { echo "export $r failed"; continue; }
+  cp "$W/run-$r/metrics.jsonl" "$W/m-$r/metrics.jsonl"; cp "$W/train-$r.log" "$W/m-$r/train.log"
+done
+(cd "$W" && tar --exclude=vae -cf models.tar m-*) && split -b 15M -d "$W/models.tar" "$OUT/models.tar.part"
 echo "done at $(el)s"

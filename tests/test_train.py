@@ -270,6 +270,16 @@ def test_latent_cache_feeds_training(shapes_data: Path, tmp_path: Path) -> None:
     cache = build_cache(shapes_data, vae_run / "model", tmp_path / "cache", data=cfg.data, progress=False)
     ds = LatentCacheDataset(cache, cfg.data)
     assert len(ds) == 8 and ds[0]["latents"].shape == (16, 2, 2, 2)
+    # Decoding in worker processes and encoding in batches of 3 (a partial last batch) changes nothing.
+    par = build_cache(
+        shapes_data, vae_run / "model", tmp_path / "cache2", data=cfg.data, workers=2, batch_size=3,
+        progress=False,
+    )  # fmt: skip
+    ds2 = LatentCacheDataset(par, cfg.data)
+    by_path = {ds2.samples[k]["path"]: ds2[k]["latents"] for k in range(len(ds2))}
+    assert len(by_path) == 8
+    for k in range(len(ds)):
+        torch.testing.assert_close(by_path[ds[k]["path"]], ds[k]["latents"], atol=2e-3, rtol=0)
     res = train(
         tiny(max_steps=2, vae_path=str(vae_run / "model"), cache=str(cache)),
         None,
@@ -313,6 +323,25 @@ def test_export_checkpoint_matches_the_runs_own_export(shapes_data: Path, tmp_pa
     with pytest.raises(SystemExit) as bad:
         main(["export", str(run), "-o", str(tmp_path / "cli2"), "--dtype", "int8"])
     assert bad.value.code == 1 and not (tmp_path / "cli2").exists()
+
+
+def test_init_from_a_float16_export_fine_tunes_in_float32(shapes_data: Path, tmp_path: Path) -> None:
+    """init_from an exported float16 model: training starts from exactly its weights (as float32)."""
+    from tubelet.train.tasks import build_task
+    from tubelet.train.trainer import export_checkpoint
+
+    run = tmp_path / "run"
+    train(tiny(max_steps=2, save_every=2, text_encoder="shapes-tiny"), shapes_data, run, progress=False)
+    half = export_checkpoint(run, tmp_path / "half", dtype=torch.float16)
+    cfg = tiny(max_steps=2, save_every=0, text_encoder="shapes-tiny", init_from=str(half))
+    task = build_task(cfg, torch.device("cpu"))
+    stored = load_safetensors(half / "transformer" / "model.safetensors")
+    for k, v in task.model.dit.state_dict().items():
+        assert v.dtype == torch.float32 and torch.equal(v, stored[k].float()), k
+    text = load_safetensors(half / "text_encoder" / "model.safetensors")
+    assert all(torch.equal(v, text[k].float()) for k, v in task.model.text.state_dict().items())
+    res = train(cfg, shapes_data, tmp_path / "ft", progress=False)
+    assert res.step == 2 and res.bad_steps == 0
 
 
 def test_pixel_cache_holds_the_decoded_clips_and_feeds_training(shapes_data: Path, tmp_path: Path) -> None:

@@ -128,7 +128,10 @@ def cache_cmd(
     pixels: bool = typer.Option(
         False, "--pixels", help="Cache the decoded clips themselves (pixel-space models, fast GPU training)."
     ),
-    workers: int = typer.Option(0, min=0, help="With --pixels: decoding processes."),
+    workers: int = typer.Option(0, min=0, help="Decoding processes (0: decode in this process)."),
+    device: str = typer.Option(
+        "auto", help="Where the VAE encodes: auto (cuda if available), cpu, cuda, ..."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Cache directory to write."),
     config: Path | None = typer.Option(
         None, "--config", "-c", help="Training YAML whose `data:` section to use."
@@ -156,7 +159,11 @@ def cache_cmd(
     if pixels:
         path = build_pixel_cache(data, out, data=data_cfg, clips_per_video=clips_per_video, workers=workers)
     else:
+        import torch
+
+        dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         path = build_cache(
-            data, model, out, data=data_cfg, batch_size=batch_size, clips_per_video=clips_per_video
-        )
+            data, model, out, data=data_cfg, batch_size=batch_size, clips_per_video=clips_per_video,
+            device=dev, workers=workers,
+        )  # fmt: skip
     typer.echo(str(path.resolve()))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,11 @@ def build_cache(
     clips_per_video: int = 1,
     dtype: torch.dtype = torch.float16,
     device: str | torch.device = "cpu",
+    workers: int = 0,
     progress: bool = True,
 ) -> Path:
-    """Encode every sample of `data_dir` with the VAE of `model_dir` into `out` (see module doc)."""
+    """Encode every sample of `data_dir` with the VAE of `model_dir` into `out` (see module doc),
+    `batch_size` clips per VAE call on `device`, with `workers` decoding processes."""
     out = _prepare_out(out)
     cfg, ds = _open_dataset(data_dir, data, progress)
     vae = _find_vae(Path(model_dir)).to(device)
@@ -83,27 +86,19 @@ def build_cache(
         rows: list[torch.Tensor] = []
         ctxs: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
-        jobs = [(i, k) for i in members for k in range(clips_per_video)]
-        for lo in range(0, len(jobs), batch_size):
-            videos, metas = [], []
-            for i, k in jobs[lo : lo + batch_size]:
-                s = ds.samples[i]
-                start = _start(s, cfg, ds.buckets[b].frames, k, clips_per_video)
-                try:
-                    item = ds.load(i, start=start, caption_index=0)
-                except Exception as e:
-                    ds._record(s.path, getattr(e, "cause", None) or str(e))
-                    continue
-                videos.append(item["video"])
-                metas.append({"path": s.path, "captions": list(s.captions), "bucket": b, "start": start})
-            if bar is not None:
-                bar.update(len(jobs[lo : lo + batch_size]))
-            if not videos:
-                continue
-            z = vae.encode(torch.stack(videos).to(device))  # (n, C, F', H', W')
-            for j, meta in enumerate(metas):
+        jobs = [
+            (i, _start(ds.samples[i], cfg, ds.buckets[b].frames, k, clips_per_video))
+            for i in members
+            for k in range(clips_per_video)
+        ]
+        loader = torch.utils.data.DataLoader(
+            _DecodeJobs(ds, jobs, uint8=False), batch_size=None, num_workers=workers, shuffle=False
+        )
+        for chunk in _batched(_decoded(loader, jobs, ds, b, bar), batch_size):
+            z = vae.encode(torch.stack([video for _, video in chunk]).to(device))  # (n, C, F', H', W')
+            for (meta, _), zj in zip(chunk, z):
                 meta.update(shard=shard, row=len(rows))
-                rows.append(z[j].to(dtype).cpu())
+                rows.append(zj.to(dtype).cpu())
                 entries.append(meta)
                 if text is not None:
                     emb = text.encode(meta["captions"])
@@ -119,11 +114,36 @@ def build_cache(
     return _finish(out, data_dir, cfg, ds, entries, bar, kind="latents", model=str(Path(model_dir).resolve()))
 
 
-class _DecodeJobs(torch.utils.data.Dataset):
-    """(sample index, start) -> uint8 (3, F, H, W) clip or an error string; run in loader workers."""
+def _decoded(loader: Any, jobs: list[tuple[int, int]], ds: VideoDataset, bucket: int, bar: Any) -> Iterator:
+    """(entry, clip) for each job the loader decoded; unreadable files are recorded and skipped."""
+    for j, clip in loader:
+        i, start = jobs[j]
+        s = ds.samples[i]
+        if bar is not None:
+            bar.update(1)
+        if isinstance(clip, str):
+            ds._record(s.path, clip)
+            continue
+        yield {"path": s.path, "captions": list(s.captions), "bucket": bucket, "start": start}, clip
 
-    def __init__(self, ds: VideoDataset, jobs: list[tuple[int, int]]) -> None:
-        self.ds, self.jobs = ds, jobs
+
+def _batched(items: Iterator, n: int) -> Iterator[list]:
+    batch: list = []
+    for x in items:
+        batch.append(x)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _DecodeJobs(torch.utils.data.Dataset):
+    """job index -> (job index, clip or an error string); run in loader workers. The clip is
+    (3, F, H, W) uint8, or with `uint8=False` float32 in [-1, 1] exactly as `VideoDataset.load` gives it."""
+
+    def __init__(self, ds: VideoDataset, jobs: list[tuple[int, int]], uint8: bool = True) -> None:
+        self.ds, self.jobs, self.uint8 = ds, jobs, uint8
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -134,6 +154,8 @@ class _DecodeJobs(torch.utils.data.Dataset):
             video = self.ds.load(i, start=start, caption_index=0)["video"]  # (3, F, H, W) in [-1, 1]
         except Exception as e:
             return j, getattr(e, "cause", None) or f"{type(e).__name__}: {e}"
+        if not self.uint8:
+            return j, video
         return j, ((video + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
@@ -165,18 +187,8 @@ def build_pixel_cache(
             _DecodeJobs(ds, jobs), batch_size=None, num_workers=workers, shuffle=False
         )
         rows: list[torch.Tensor] = []
-        for j, clip in loader:
-            i, start = jobs[j]
-            s = ds.samples[i]
-            if bar is not None:
-                bar.update(1)
-            if isinstance(clip, str):
-                ds._record(s.path, clip)
-                continue
-            entries.append(
-                {"path": s.path, "captions": list(s.captions), "bucket": b, "start": start, "shard": shard,
-                 "row": len(rows)}
-            )  # fmt: skip
+        for meta, clip in _decoded(loader, jobs, ds, b, bar):
+            entries.append({**meta, "shard": shard, "row": len(rows)})
             rows.append(clip)
         if rows:
             save_state_dict({"pixels": torch.stack(rows)}, out / f"shard-{shard:05d}.safetensors")

@@ -277,6 +277,18 @@ TRAIN_PRESETS["shapes-t2v-frames-ft"] = dataclasses.replace(
     max_steps=2500,
 )
 
+# The GPU recipe: `shapes-latent-fine` (256 tokens) on the same cached latents, batch 256.
+#   scripts/train_on_gpu.sh   (data, cache, a throughput probe, then this preset sized to the budget)
+TRAIN_PRESETS["shapes-t2v-fine"] = dataclasses.replace(
+    TRAIN_PRESETS["shapes-t2v-frames"],
+    dit="shapes-latent-fine",
+    data=DataConfig(fps=8.0, buckets=[Bucket(16, 64, 64, 256)], num_workers=1, random_start=False),
+    optim=OptimConfig(lr=8e-4, warmup_steps=200, schedule="cosine", min_lr_ratio=0.05, grad_clip=1.0),
+    max_steps=8000,
+    log_every=50,
+    save_every=1000,
+)
+
 
 def resolve_train_config(
     preset: str | None = None,

@@ -39,6 +39,19 @@ def batch_video(batch: dict[str, Any], device: torch.device) -> torch.Tensor:
     return batch["video"].to(device, torch.float32)
 
 
+def init_weights(module: nn.Module, path: Path) -> None:
+    """Load `path` into `module` to fine-tune it, in the module's own dtypes: an exported model may be
+    stored in float16, but training keeps float32 weights (autocast does the low-precision math)."""
+    from tubelet.models.hub import assign_state_dict, load_safetensors
+
+    own = module.state_dict()
+    state = {
+        k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v
+        for k, v in load_safetensors(path).items()
+    }
+    assign_state_dict(module, state, str(path.parent))
+
+
 class TextToVideoModel(nn.Module):
     """The trainable part of a text-to-video model: DiT (+ the byte text encoder when trained jointly).
 
@@ -140,13 +153,10 @@ class DiTTask:
         self.stats = latent_stats(self.vae, device)
 
     def _init_from(self, d: Path) -> None:
-        from tubelet.models.hub import assign_state_dict, load_safetensors
-
         tdir = d / "transformer" if (d / "transformer").is_dir() else d
-        assign_state_dict(self.model.dit, load_safetensors(tdir / "model.safetensors"), str(tdir))
+        init_weights(self.model.dit, tdir / "model.safetensors")
         if self.model.text is not None and (d / "text_encoder" / "model.safetensors").is_file():
-            sd = load_safetensors(d / "text_encoder" / "model.safetensors")
-            assign_state_dict(self.model.text, sd, str(d / "text_encoder"))
+            init_weights(self.model.text, d / "text_encoder" / "model.safetensors")
 
     def submodules(self) -> list[nn.Module]:
         return [self.model.dit]
@@ -273,11 +283,9 @@ class VAETask:
         with torch.no_grad():
             vae.quant_conv.bias[vcfg.z_dim :] = -4.0
         if cfg.init_from:
-            from tubelet.models.hub import assign_state_dict, load_safetensors
-
             d = Path(cfg.init_from)
             d = d / "vae" if (d / "vae").is_dir() else d
-            assign_state_dict(vae, load_safetensors(d / "model.safetensors"), str(d))
+            init_weights(vae, d / "model.safetensors")
         self.model = vae.to(device)
         self._fixed: torch.Tensor | None = None
 
