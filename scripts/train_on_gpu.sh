@@ -8,15 +8,18 @@
 #
 # Env: BUDGET (seconds for the whole script), NUM (clip seeds), WORKERS (data processes), WORK
 # (scratch dir), OUT (where the exports, as 15 MB tar parts without the VAE, and the logs go),
-# PROBE (probe steps), RUNS (which of the runs below), SMALL=1 (tiny batches: a CPU smoke test).
+# PROBE (probe steps), RUNS (which of the runs below), INIT (the model the `big` run starts from;
+# default the embedded model), SMALL=1 (tiny batches: a CPU smoke test). The default model's third
+# stage is the `big` run from its second stage's model (docs/model-card.md, run N).
 # A run that is still going at the deadline gets SIGTERM, saves a checkpoint and stops; its export
 # then uses that checkpoint (and says so in its train log).
 set -u
 T0=$(date +%s)
 el() { echo $(( $(date +%s) - T0 )); }
 NUM=${NUM:-20000}; BUDGET=${BUDGET:-540}; WORKERS=${WORKERS:-$(nproc)}; PROBE=${PROBE:-40}
-W=${WORK:-/tmp/tubelet-gpu}; OUT=${OUT:-$W/out}; RUNS=${RUNS:-"fine cont"}
+W=${WORK:-/tmp/tubelet-gpu}; OUT=${OUT:-$W/out}; RUNS=${RUNS:-"fine big"}
 VAE=tubelet/assets/shapes-t2v  # the shipped pipeline: its frame VAE is the recipe's (identical weights)
+INIT=${INIT:-$VAE}
 mkdir -p "$W" "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}; TB="$PY -m tubelet"
@@ -28,7 +31,7 @@ flags() {
   case $1 in
     fine) echo "--preset shapes-t2v-fine --set data.buckets=$b256" ;;
     fine-b128) echo "--preset shapes-t2v-fine --set data.buckets=$b128 --set optim.lr=5e-4" ;;
-    cont) echo "--preset shapes-t2v-frames-ft --set init_from=$VAE --set data.buckets=$b256 --set optim.lr=3e-4" ;;
+    big) echo "--preset shapes-t2v-frames-big --set init_from=$INIT --set data.buckets=$b256" ;;
     *) echo "unknown run $1" >&2; exit 1 ;;
   esac
 }
@@ -51,7 +54,7 @@ echo "cache at $(el)s"
 
 P0=$(date +%s)
 for r in $RUNS; do
-  train 300 "$r" "$W/probe-$r" --set max_steps="$PROBE" --set log_every=$(( PROBE / 4 )) --set save_every=0 \
+  train 300 "$r" "$W/probe-$r" --set max_steps="$PROBE" --set log_every=$(( PROBE > 3 ? PROBE / 4 : 1 )) --set save_every=0 \
     > "$W/probe-$r.log" 2>&1 &
 done
 wait
