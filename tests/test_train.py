@@ -372,3 +372,20 @@ def test_pixel_cache_holds_the_decoded_clips_and_feeds_training(shapes_data: Pat
     with pytest.raises(SystemExit) as e:
         main(["data", "cache", str(shapes_data), "--out", str(tmp_path / "c2")])
     assert e.value.code == 1
+
+
+def test_cache_device_errors_are_clear(
+    shapes_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tubelet data cache --device`: an unknown device, or CUDA on a torch without one, is one clear
+    error with exit status 1 and no cache written."""
+    from tubelet.cli import main
+
+    bad = ["foo"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for dev in bad:
+        out = tmp_path / f"cache-{dev}"
+        with pytest.raises(SystemExit) as exit_:
+            main(["data", "cache", str(shapes_data), "--model", str(ROOT / "tubelet/assets/shapes-t2v"),
+                  "--out", str(out), "--device", dev])  # fmt: skip
+        assert exit_.value.code == 1 and not out.exists()
+        assert f"--device '{dev}'" in capsys.readouterr().err

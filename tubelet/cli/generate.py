@@ -11,6 +11,8 @@ import typer
 from tubelet.cli.apps import app
 
 if TYPE_CHECKING:
+    import torch
+
     from tubelet.pipeline import TextToVideoPipeline
 
 
@@ -22,9 +24,6 @@ def slugify(text: str, max_len: int = 60) -> str:
 
 def load_pipeline(model: Path | None, device: str = "auto") -> TextToVideoPipeline:
     """Load a pipeline directory (or a training run's `model/`); None = the embedded default model."""
-    import torch
-
-    from tubelet.errors import ModelLoadError
     from tubelet.pipeline import TextToVideoPipeline
 
     if (
@@ -33,6 +32,15 @@ def load_pipeline(model: Path | None, device: str = "auto") -> TextToVideoPipeli
         and (model / "model" / "config.json").is_file()
     ):
         model = model / "model"  # a training run directory
+    return TextToVideoPipeline.from_pretrained(model, device=parse_device(device))
+
+
+def parse_device(device: str) -> torch.device:
+    """A `--device` value: auto (cuda if available, else cpu) or a torch device that this torch has."""
+    import torch
+
+    from tubelet.errors import ModelLoadError
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -41,7 +49,9 @@ def load_pipeline(model: Path | None, device: str = "auto") -> TextToVideoPipeli
         raise ModelLoadError(
             f"--device {device!r}: not a torch device (try auto, cpu, cuda, cuda:1)"
         ) from None
-    return TextToVideoPipeline.from_pretrained(model, device=dev)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {device!r}: this torch ({torch.__version__}) sees no CUDA device")
+    return dev
 
 
 def check_inputs(paths: list[Path]) -> None:

@@ -243,8 +243,9 @@ DIT_PRESETS["shapes-unet"] = replace(DIT_PRESETS["shapes-pixel"], refiner_dim=0,
 # of 128 values; an object moves ~1 latent pixel within a token, so its direction is part of the
 # token's content) and a 3 x 3 x 3 depthwise token convolution in every block (see `conv_kernel`).
 DIT_PRESETS["shapes-latent-conv"] = replace(DIT_PRESETS["shapes-latent"], patch_size=(4, 2, 2), conv_kernel=3)
-# The same with one latent pixel per token: (4, 1, 1) patches -> 4 x 8 x 8 = 256 tokens of 32 values
-# (4x the tokens, for the spatial detail the 64-token model lacks: its squares come out rounded).
+# The same with one latent pixel per token: (4, 1, 1) patches -> 4 x 8 x 8 = 256 tokens of 32 values.
+# Tried for spatial detail (run M in docs/model-card.md): no better per training clip than 64 tokens
+# at 4x the cost, so not the default.
 DIT_PRESETS["shapes-latent-fine"] = replace(DIT_PRESETS["shapes-latent-conv"], patch_size=(4, 1, 1))
 
 

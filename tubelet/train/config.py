@@ -305,8 +305,8 @@ TRAIN_PRESETS["shapes-t2v-frames-detail"] = dataclasses.replace(
     max_steps=2000,
 )
 
-# The GPU recipe: `shapes-latent-fine` (256 tokens) on the same cached latents, batch 256.
-#   scripts/train_on_gpu.sh   (data, cache, a throughput probe, then this preset sized to the budget)
+# `shapes-latent-fine` (256 tokens) from scratch at batch 256: run M in docs/model-card.md, tried on an
+# H100 beside the third stage by scripts/train_on_gpu.sh (which sizes max_steps to its budget); not shipped.
 TRAIN_PRESETS["shapes-t2v-fine"] = dataclasses.replace(
     TRAIN_PRESETS["shapes-t2v-frames"],
     dit="shapes-latent-fine",
