@@ -26,11 +26,10 @@ PY=${PYTHON:-python3}; TB="$PY -m tubelet"
 
 # name -> training flags (preset + overrides); batch sizes are part of each.
 flags() {
-  local b256="[[16,64,64,256]]" b128="[[16,64,64,128]]"
-  if [ "${SMALL:-0}" = 1 ]; then b256="[[16,64,64,4]]"; b128="[[16,64,64,2]]"; fi
+  local b256="[[16,64,64,256]]"
+  if [ "${SMALL:-0}" = 1 ]; then b256="[[16,64,64,4]]"; fi
   case $1 in
     fine) echo "--preset shapes-t2v-fine --set data.buckets=$b256" ;;
-    fine-b128) echo "--preset shapes-t2v-fine --set data.buckets=$b128 --set optim.lr=5e-4" ;;
     big) echo "--preset shapes-t2v-frames-big --set init_from=$INIT --set data.buckets=$b256" ;;
     *) echo "unknown run $1" >&2; exit 1 ;;
   esac
