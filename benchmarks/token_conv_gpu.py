@@ -3,7 +3,10 @@
     python benchmarks/token_conv_gpu.py [BATCH]            # default 256; meant for a CUDA GPU
 
 For `shapes-latent-conv` (64 tokens) and `shapes-latent-fine` (256 tokens) on 8 x 16 x 8 x 8 latents,
-with conv_kernel 3 and 0: milliseconds per forward + backward + AdamW step (bfloat16 autocast), then
+with conv_kernel 3 in its dense per-channel-matrix form (the default for grids of up to 256 tokens,
+`tubelet.models.layers.depthwise_conv3d_tokens`), conv_kernel 3 through `F.conv3d` (cuDNN's grouped
+convolution; the form used before), and conv_kernel 0: milliseconds per forward + backward + AdamW
+step (bfloat16 autocast), then
 on a GPU the top kernels of one profiled step, and `ShapesTextEncoder.encode` time for BATCH captions
 (the trainer's per-step text work). Results: docs/performance.md.
 """
@@ -16,6 +19,7 @@ import time
 
 import torch
 
+import tubelet.models.layers as layers
 from tubelet.models.dit import VideoDiT, dit_config
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -50,7 +54,8 @@ def main() -> None:
         f"device {torch.cuda.get_device_name() if DEV.type == 'cuda' else 'cpu'}, torch {torch.__version__}"
     )
     for name in ("shapes-latent-conv", "shapes-latent-fine"):
-        for conv in (3, 0):
+        for variant, conv in (("dense", 3), ("conv3d", 3), ("none", 0)):
+            layers.TOKEN_CONV_DENSE_MAX_TOKENS = 0 if variant == "conv3d" else 256
             step = make_step(name, conv, batch)
             for _ in range(3):
                 step()
@@ -62,8 +67,10 @@ def main() -> None:
             _sync()
             dt = (time.perf_counter() - t0) / n
             print(
-                f"{name} conv_kernel={conv} batch {batch}: {dt * 1e3:.1f} ms/step, {batch / dt:.0f} clips/s"
+                f"{name} conv_kernel={conv} ({variant}) batch {batch}: {dt * 1e3:.1f} ms/step, "
+                f"{batch / dt:.0f} clips/s"
             )
+    layers.TOKEN_CONV_DENSE_MAX_TOKENS = 256
     if DEV.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 

@@ -8,9 +8,11 @@
 #
 # Env: BUDGET (seconds for the whole script), NUM (clip seeds), WORKERS (data processes), WORK
 # (scratch dir), OUT (where the exports, as 15 MB tar parts without the VAE, and the logs go),
-# PROBE (probe steps), RUNS (which of the runs below), INIT (the model the `big` run starts from;
-# default the embedded model), SMALL=1 (tiny batches: a CPU smoke test). The default model's third
-# stage is the `big` run from its second stage's model (docs/model-card.md, run N).
+# PROBE (probe steps), RUNS (which of the runs below), INIT (the model the runs start from;
+# default the embedded model), SMALL=1 (tiny batches: a CPU smoke test), BENCH=1 (first run
+# benchmarks/token_conv_gpu.py, beside the data generation). The default model's third
+# stage is the `big` run from its second stage's model (docs/model-card.md, run N), its fifth the
+# `det` run from the fourth stage's (run S: BUDGET=535 NUM=25000 RUNS="det low" INIT=<its model>).
 # A run that is still going at the deadline gets SIGTERM, saves a checkpoint and stops; its export
 # then uses that checkpoint (and says so in its train log).
 set -u
@@ -31,6 +33,8 @@ flags() {
   case $1 in
     fine) echo "--preset shapes-t2v-fine --set data.buckets=$b256" ;;
     big) echo "--preset shapes-t2v-frames-big --set init_from=$INIT --set data.buckets=$b256" ;;
+    det) echo "--preset shapes-t2v-frames-gpu --set init_from=$INIT --set data.buckets=$b256" ;;
+    low) echo "--preset shapes-t2v-frames-gpu --set init_from=$INIT --set data.buckets=$b256 --set flow.shift_mix=[5.0,1.0,0.4]" ;;
     *) echo "unknown run $1" >&2; exit 1 ;;
   esac
 }
@@ -44,8 +48,11 @@ train() {  # seconds name out-dir extra-args... (SIGTERM at the limit: the train
 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+if [ "${BENCH:-0}" = 1 ]; then $PY benchmarks/token_conv_gpu.py > "$OUT/token_conv_gpu.txt" 2>&1 & fi
 $TB data shapes --out "$W/data" --num "$NUM" --seed 1000 --frames 16 --workers "$WORKERS" \
     --holdout tubelet/assets/suites/shapes-holdout.json --no-progress || exit 1
+wait
+[ -s "$OUT/token_conv_gpu.txt" ] && cat "$OUT/token_conv_gpu.txt"
 echo "data at $(el)s: $(find "$W/data" -name '*.mp4' | wc -l) clips"
 $TB data cache "$W/data" --model "$VAE" --preset shapes-t2v-frames --out "$W/cache" --batch-size 256 \
     --workers "$WORKERS" > "$W/cache.log" 2>&1 || { tail -20 "$W/cache.log"; exit 1; }

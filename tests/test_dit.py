@@ -16,6 +16,7 @@ from tubelet.models.hub import load_safetensors
 from tubelet.models.layers import (
     apply_rope,
     attention,
+    depthwise_conv3d_tokens,
     get_attention_backend,
     linear,
     rope_angles_3d,
@@ -671,6 +672,34 @@ def test_token_conv_starts_at_zero_and_is_a_local_spacetime_convolution(tmp_path
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1])
     assert all(b.token_conv.weight.grad.abs().sum() > 0 for b in model.blocks)
+
+
+@pytest.mark.parametrize("grid,k", [((4, 4, 4), 3), ((3, 2, 5), 3), ((2, 3, 4), 5), ((1, 1, 1), 3)])
+def test_dense_token_conv_equals_conv3d(grid, k, monkeypatch):
+    """The dense per-channel-matrix form of the depthwise token convolution is F.conv3d with zero
+    padding (values and gradients), and grids above the dense limit fall back to F.conv3d."""
+    import tubelet.models.layers as layers
+
+    torch.manual_seed(0)
+    b, d, n = 3, 6, grid[0] * grid[1] * grid[2]
+    conv = torch.nn.Conv3d(d, d, k, padding=k // 2, groups=d).double()
+    x = torch.randn(b, n, d, dtype=torch.float64)
+
+    def reference(x):
+        g = x.reshape(b, *grid, d).permute(0, 4, 1, 2, 3)
+        return conv(g).permute(0, 2, 3, 4, 1).reshape(b, n, d)
+
+    for limit in (256, 0):  # dense, then the conv3d fallback
+        monkeypatch.setattr(layers, "TOKEN_CONV_DENSE_MAX_TOKENS", limit)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya = reference(xa)
+        yb = depthwise_conv3d_tokens(xb, conv.weight, conv.bias, grid)
+        torch.testing.assert_close(yb, ya, rtol=1e-12, atol=1e-12)
+        gy = torch.randn_like(ya)
+        ga = torch.autograd.grad(ya, [xa, conv.weight, conv.bias], gy)
+        gb = torch.autograd.grad(yb, [xb, conv.weight, conv.bias], gy)
+        for u, v in zip(ga, gb):
+            torch.testing.assert_close(v, u, rtol=1e-10, atol=1e-12)
 
 
 def test_token_conv_config_errors():

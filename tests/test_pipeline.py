@@ -362,3 +362,22 @@ def test_pixel_space_tubelets_every_task() -> None:
     assert edit.frames.shape[0] == 20
     with pytest.raises(TubeletError, match="multiples of 4 frames"):
         gen(pix, "__call__", PROMPT, num_frames=17)
+
+
+def test_pipeline_is_exported_at_package_top_level() -> None:
+    """`from tubelet import TextToVideoPipeline` (the documented API) without loading torch on
+    `import tubelet` alone; unknown names are an AttributeError."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tubelet; assert 'torch' not in sys.modules; "
+        "from tubelet import TextToVideoPipeline; from tubelet.pipeline import TextToVideoPipeline as P; "
+        "assert TextToVideoPipeline is P; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    import tubelet
+
+    with pytest.raises(AttributeError, match="no_such_name"):
+        tubelet.no_such_name  # noqa: B018

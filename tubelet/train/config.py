@@ -305,6 +305,21 @@ TRAIN_PRESETS["shapes-t2v-frames-detail"] = dataclasses.replace(
     max_steps=2000,
 )
 
+# Fifth stage, on a GPU: the low-noise mix of the fourth stage at batch 256 for as many steps as a GPU
+# budget allows (scripts/train_on_gpu.sh RUNS="det low" sets max_steps from a throughput probe), from
+# the fourth stage's model. The shipped model's fifth stage: 2,847 steps, ~5.2 min on one H100 beside
+# another run (run S in docs/model-card.md).
+#   tubelet train --preset shapes-t2v-frames-gpu --set init_from=runs/t2v-frames-detail/model \
+#       --set cache=cache/frames-20k --set vae_path=runs/vae-frames/model --out runs/t2v-frames-gpu
+TRAIN_PRESETS["shapes-t2v-frames-gpu"] = dataclasses.replace(
+    TRAIN_PRESETS["shapes-t2v-frames-detail"],
+    data=DataConfig(fps=8.0, buckets=[Bucket(16, 64, 64, 256)], num_workers=1, random_start=False),
+    optim=OptimConfig(lr=2e-4, warmup_steps=100, schedule="cosine", min_lr_ratio=0.05, grad_clip=1.0),
+    max_steps=4000,
+    log_every=50,
+    save_every=1000,
+)
+
 # `shapes-latent-fine` (256 tokens) from scratch at batch 256: run M in docs/model-card.md, tried on an
 # H100 beside the third stage by scripts/train_on_gpu.sh (which sizes max_steps to its budget); not shipped.
 TRAIN_PRESETS["shapes-t2v-fine"] = dataclasses.replace(
