@@ -46,10 +46,10 @@ def linear_params(m: nn.Module) -> int:
 
 
 def main() -> None:
+    from tubelet.devices import resolve_device
     from tubelet.models.dit import VideoDiT, dit_config
     from tubelet.models.text import ByteTextConfig, ByteTextEncoder
     from tubelet.train.config import resolve_train_config
-    from tubelet.train.parallel import detect_device
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="shapes-t2v", help="training preset (its dit, text encoder, bucket)")
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--checkpointing", action="store_true")
     args = ap.parse_args()
 
-    device = detect_device(args.device)
+    device = resolve_device(args.device)
     cfg = resolve_train_config(args.preset)
     bucket = max(cfg.data.buckets, key=lambda b: b.frames)
     batch = args.batch or bucket.batch_size

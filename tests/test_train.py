@@ -388,4 +388,4 @@ def test_cache_device_errors_are_clear(
             main(["data", "cache", str(shapes_data), "--model", str(ROOT / "tubelet/assets/shapes-t2v"),
                   "--out", str(out), "--device", dev])  # fmt: skip
         assert exit_.value.code == 1 and not out.exists()
-        assert f"--device '{dev}'" in capsys.readouterr().err
+        assert f"device '{dev}'" in capsys.readouterr().err

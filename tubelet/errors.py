@@ -24,6 +24,10 @@ class CaptionError(TubeletError, ValueError):
     """A prompt/caption cannot be parsed by the shapes-world grammar."""
 
 
+class DeviceError(TubeletError, ValueError):
+    """A requested device is not a torch device or is not present on this machine."""
+
+
 class ModelLoadError(TubeletError):
     """A model directory is missing, incomplete, or does not match its config."""
 

@@ -43,6 +43,11 @@ def eval_videos(
     """
     from tubelet.eval.report import evaluate_folder, format_table, write_report
 
+    if device is not None:
+        from tubelet.devices import resolve_device
+
+        device = str(resolve_device(device))  # a clear error for an unknown or absent device
+
     def warn(name: str, reason: str) -> None:
         typer.echo(f"warning: skipping {name}: {reason}", err=True)
 

@@ -36,22 +36,10 @@ def load_pipeline(model: Path | None, device: str = "auto") -> TextToVideoPipeli
 
 
 def parse_device(device: str) -> torch.device:
-    """A `--device` value: auto (cuda if available, else cpu) or a torch device that this torch has."""
-    import torch
+    """A `--device` value: see `tubelet.devices.resolve_device` (auto: cuda, then mps, then cpu)."""
+    from tubelet.devices import resolve_device
 
-    from tubelet.errors import ModelLoadError
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ModelLoadError(
-            f"--device {device!r}: not a torch device (try auto, cpu, cuda, cuda:1)"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"--device {device!r}: this torch ({torch.__version__}) sees no CUDA device")
-    return dev
+    return resolve_device(device)
 
 
 def check_inputs(paths: list[Path]) -> None:

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tubelet.devices import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -41,31 +43,12 @@ class DistInfo:
         return self.world_size > 1
 
 
-def detect_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
-    """'auto' picks cuda, then mps, then any registered accelerator, then cpu."""
-    if requested != "auto":
-        dev = torch.device(requested)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", local_rank)
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    acc = getattr(torch, "accelerator", None)
-    if acc is not None and acc.is_available():
-        cur = acc.current_accelerator()
-        if cur is not None and cur.type not in ("cpu",):
-            return torch.device(cur.type, local_rank)
-    return torch.device("cpu")
-
-
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); gloo on CPU, nccl on CUDA."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = detect_device(device, local)
+    dev = resolve_device(device, local)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
