@@ -11,8 +11,6 @@ import typer
 from tubelet.cli.apps import app
 
 if TYPE_CHECKING:
-    import torch
-
     from tubelet.pipeline import TextToVideoPipeline
 
 
@@ -24,6 +22,7 @@ def slugify(text: str, max_len: int = 60) -> str:
 
 def load_pipeline(model: Path | None, device: str = "auto") -> TextToVideoPipeline:
     """Load a pipeline directory (or a training run's `model/`); None = the embedded default model."""
+    from tubelet.devices import resolve_device
     from tubelet.pipeline import TextToVideoPipeline
 
     if (
@@ -32,14 +31,7 @@ def load_pipeline(model: Path | None, device: str = "auto") -> TextToVideoPipeli
         and (model / "model" / "config.json").is_file()
     ):
         model = model / "model"  # a training run directory
-    return TextToVideoPipeline.from_pretrained(model, device=parse_device(device))
-
-
-def parse_device(device: str) -> torch.device:
-    """A `--device` value: see `tubelet.devices.resolve_device` (auto: cuda, then mps, then cpu)."""
-    from tubelet.devices import resolve_device
-
-    return resolve_device(device)
+    return TextToVideoPipeline.from_pretrained(model, device=resolve_device(device))
 
 
 def check_inputs(paths: list[Path]) -> None:

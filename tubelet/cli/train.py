@@ -159,10 +159,10 @@ def cache_cmd(
     if pixels:
         path = build_pixel_cache(data, out, data=data_cfg, clips_per_video=clips_per_video, workers=workers)
     else:
-        from tubelet.cli.generate import parse_device
+        from tubelet.devices import resolve_device
 
         path = build_cache(
             data, model, out, data=data_cfg, batch_size=batch_size, clips_per_video=clips_per_video,
-            device=parse_device(device), workers=workers,
+            device=resolve_device(device), workers=workers,
         )  # fmt: skip
     typer.echo(str(path.resolve()))

@@ -331,15 +331,14 @@ def _shift_matrices(grid: tuple[int, int, int], k: int, device: torch.device, dt
     if s is None:
         f, h, w = grid
         n, r = f * h * w, k // 2
-        idx = torch.arange(n).view(f, h, w)
+        # token indices padded with -1: a window at offset (a, b, c) gives each output's source
+        src = F.pad(torch.arange(n).view(f, h, w), (r, r, r, r, r, r), value=-1)
+        p = torch.arange(n)
         s = torch.zeros(k, k, k, n, n)
         for a in range(k):
             for b in range(k):
                 for c in range(k):
-                    src = torch.full((f + 2 * r, h + 2 * r, w + 2 * r), -1, dtype=torch.long)
-                    src[r : r + f, r : r + h, r : r + w] = idx
                     q = src[a : a + f, b : b + h, c : c + w].reshape(-1)  # (N,) source per output
-                    p = torch.arange(n)
                     ok = q >= 0
                     s[a, b, c, p[ok], q[ok]] = 1.0
         s = s.view(k**3, n, n).to(device=device, dtype=dtype)

@@ -179,7 +179,7 @@ TRAIN_PRESETS["shapes-vae"] = TrainConfig(
 # error of frames 1-9), so the default model's VAE finishes on the generation length.
 TRAIN_PRESETS["shapes-vae-long"] = dataclasses.replace(
     TRAIN_PRESETS["shapes-vae"],
-    data=DataConfig(fps=8.0, buckets=[Bucket(17, 64, 64, 4)], num_workers=1, random_start=False),
+    data=_small_data(17, 64, 4, workers=1),
     optim=OptimConfig(lr=1.5e-4, warmup_steps=20, schedule="constant", grad_clip=1.0),
     max_steps=1000,
 )
@@ -197,7 +197,7 @@ TRAIN_PRESETS["shapes-t2v"] = TrainConfig(
     # one for the scene. With the byte encoder the prompt never reached the objects (docs/model-card.md).
     text_encoder="shapes",
     vae_path=None,
-    data=DataConfig(fps=8.0, buckets=[Bucket(16, 64, 64, 32)], num_workers=1, random_start=False),
+    data=_small_data(16, 64, 32, workers=1),
     # Noise levels for two jobs at once. 16 x 64 x 64 clips of flat colours are so redundant that a
     # clip is recoverable from the noisy input up to s ~ 0.98, so the prompt (colours, shapes, layout,
     # motion) only matters for s > 0.98; the objects (5% of the pixels) are learned where they are
@@ -229,7 +229,7 @@ TRAIN_PRESETS["shapes-t2v-latent"] = dataclasses.replace(
     TRAIN_PRESETS["shapes-t2v"],
     dit="shapes",  # 16 x 5 x 8 x 8 latents, patch (1, 2, 2): 80 tokens per clip
     vae_path=None,  # set to the shapes-vae run's model dir
-    data=DataConfig(fps=8.0, buckets=[Bucket(17, 64, 64, 32)], num_workers=1, random_start=False),
+    data=_small_data(17, 64, 32, workers=1),
     flow=FlowConfig(caption_dropout=0.1),
     optim=OptimConfig(lr=4e-4, warmup_steps=200, schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0),
     max_steps=5000,
@@ -287,7 +287,7 @@ TRAIN_PRESETS["shapes-t2v-frames-ft"] = dataclasses.replace(
 #       --set cache=cache/frames-20k --set vae_path=runs/vae-frames/model --out runs/t2v-frames-big
 TRAIN_PRESETS["shapes-t2v-frames-big"] = dataclasses.replace(
     TRAIN_PRESETS["shapes-t2v-frames-ft"],
-    data=DataConfig(fps=8.0, buckets=[Bucket(16, 64, 64, 256)], num_workers=1, random_start=False),
+    data=_small_data(16, 64, 256, workers=1),
     optim=OptimConfig(lr=3e-4, warmup_steps=50, schedule="cosine", min_lr_ratio=0.05, grad_clip=1.0),
     max_steps=931,
 )
@@ -299,7 +299,7 @@ TRAIN_PRESETS["shapes-t2v-frames-big"] = dataclasses.replace(
 #       --set cache=cache/frames --set vae_path=runs/vae-frames/model --out runs/t2v-frames-detail
 TRAIN_PRESETS["shapes-t2v-frames-detail"] = dataclasses.replace(
     TRAIN_PRESETS["shapes-t2v-frames-ft"],
-    data=DataConfig(fps=8.0, buckets=[Bucket(16, 64, 64, 64)], num_workers=1, random_start=False),
+    data=_small_data(16, 64, 64, workers=1),
     flow=FlowConfig(caption_dropout=0.1, shift=5.0, logit_std=1.2, shift_mix=[5.0, 1.0]),
     optim=OptimConfig(lr=1.5e-4, warmup_steps=50, schedule="cosine", min_lr_ratio=0.05, grad_clip=1.0),
     max_steps=2000,
@@ -313,7 +313,7 @@ TRAIN_PRESETS["shapes-t2v-frames-detail"] = dataclasses.replace(
 #       --set cache=cache/frames-20k --set vae_path=runs/vae-frames/model --out runs/t2v-frames-gpu
 TRAIN_PRESETS["shapes-t2v-frames-gpu"] = dataclasses.replace(
     TRAIN_PRESETS["shapes-t2v-frames-detail"],
-    data=DataConfig(fps=8.0, buckets=[Bucket(16, 64, 64, 256)], num_workers=1, random_start=False),
+    data=_small_data(16, 64, 256, workers=1),
     optim=OptimConfig(lr=2e-4, warmup_steps=100, schedule="cosine", min_lr_ratio=0.05, grad_clip=1.0),
     max_steps=4000,
     log_every=50,
@@ -325,7 +325,7 @@ TRAIN_PRESETS["shapes-t2v-frames-gpu"] = dataclasses.replace(
 TRAIN_PRESETS["shapes-t2v-fine"] = dataclasses.replace(
     TRAIN_PRESETS["shapes-t2v-frames"],
     dit="shapes-latent-fine",
-    data=DataConfig(fps=8.0, buckets=[Bucket(16, 64, 64, 256)], num_workers=1, random_start=False),
+    data=_small_data(16, 64, 256, workers=1),
     optim=OptimConfig(lr=8e-4, warmup_steps=200, schedule="cosine", min_lr_ratio=0.05, grad_clip=1.0),
     max_steps=8000,
     log_every=50,
