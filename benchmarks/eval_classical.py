@@ -32,10 +32,10 @@ def main() -> None:
 
     import cv2
 
-    from tubelet.data.shapes import make_clip
     from tubelet.eval.dimensions import Clip, make_dimension
     from tubelet.eval.report import evaluate_folder
     from tubelet.io import write_video
+    from tubelet.recipes.shapes import make_clip
 
     if args.threads:
         cv2.setNumThreads(args.threads)

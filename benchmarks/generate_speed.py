@@ -50,7 +50,7 @@ def main() -> None:
 
     import torch
 
-    from tubelet.pipeline import TextToVideoPipeline
+    from tubelet.pipelines import TextToVideoPipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)

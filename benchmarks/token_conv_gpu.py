@@ -2,7 +2,8 @@
 
     python benchmarks/token_conv_gpu.py [BATCH]            # default 256; meant for a CUDA GPU
 
-For `shapes-latent-conv` (64 tokens) and `shapes-latent-fine` (256 tokens) on 8 x 16 x 8 x 8 latents,
+For `shapes-latent-conv` (64 tokens) and the same DiT with (4, 1, 1) patches (256 tokens; the
+`shapes-latent-fine` of run M) on 8 x 16 x 8 x 8 latents,
 with conv_kernel 3 in its dense per-channel-matrix form (the default for grids of up to 256 tokens,
 `tubelet.models.layers.depthwise_conv3d_tokens`), conv_kernel 3 through `F.conv3d` (cuDNN's grouped
 convolution; the form used before), and conv_kernel 0: milliseconds per forward + backward + AdamW
@@ -20,7 +21,11 @@ import time
 import torch
 
 import tubelet.models.layers as layers
-from tubelet.models.dit import VideoDiT, dit_config
+from tubelet import registry
+from tubelet.models.dit import VideoDiT
+
+CONV = registry.lookup("dit_preset", "shapes-latent-conv")  # the shapes recipe's DiT
+CONFIGS = {"shapes-latent-conv": CONV, "shapes-latent-fine": dataclasses.replace(CONV, patch_size=(4, 1, 1))}
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -31,7 +36,7 @@ def _sync() -> None:
 
 
 def make_step(name: str, conv: int, batch: int):
-    cfg = dataclasses.replace(dit_config(name), in_channels=8, out_channels=8, conv_kernel=conv)
+    cfg = dataclasses.replace(CONFIGS[name], in_channels=8, out_channels=8, conv_kernel=conv)
     model = VideoDiT(cfg).to(DEV)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     x = torch.randn(batch, 8, 16, 8, 8, device=DEV)
@@ -53,7 +58,7 @@ def main() -> None:
     print(
         f"device {torch.cuda.get_device_name() if DEV.type == 'cuda' else 'cpu'}, torch {torch.__version__}"
     )
-    for name in ("shapes-latent-conv", "shapes-latent-fine"):
+    for name in CONFIGS:
         for variant, conv in (("dense", 3), ("conv3d", 3), ("none", 0)):
             layers.TOKEN_CONV_DENSE_MAX_TOKENS = 0 if variant == "conv3d" else 256
             step = make_step(name, conv, batch)
@@ -82,7 +87,7 @@ def main() -> None:
             _sync()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=60))
 
-    from tubelet.models.shapes_text import ShapesTextEncoder
+    from tubelet.recipes.shapes.text import ShapesTextEncoder
 
     te = ShapesTextEncoder.from_pretrained("tubelet/assets/shapes-t2v/text_encoder").to(DEV)
     caps = [

@@ -1,6 +1,6 @@
 """Training throughput: samples/s, tokens/s and model FLOPs utilisation (MFU).
 
-    python benchmarks/train_throughput.py                       # the default model's preset on this machine
+    python benchmarks/train_throughput.py --latent 8,16,8,8     # the default model's DiT stage on this machine
     python benchmarks/train_throughput.py --dit wan2.1-1.3b --latent 16,21,60,104 --batch 1   # on a GPU
 
 MFU = achieved model FLOPs / the machine's measured dense matmul rate in the same dtype (not a
@@ -52,7 +52,9 @@ def main() -> None:
     from tubelet.train.config import resolve_train_config
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="shapes-t2v", help="training preset (its dit, text encoder, bucket)")
+    ap.add_argument(
+        "--preset", default="shapes-t2v-frames", help="training preset (its dit, text encoder, bucket)"
+    )
     ap.add_argument(
         "--dit", default=None, help="override: a DiT preset name (e.g. wan2.1-1.3b); text is then precomputed"
     )

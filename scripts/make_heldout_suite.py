@@ -1,4 +1,4 @@
-"""Write the held-out prompt suite used to score the default model (tubelet/assets/suites/).
+"""Write the held-out prompt suite used to score the default model (tubelet/recipes/shapes/suites/).
 
 Every prompt contains at least one object whose (color, shape, motion) combination is in
 `shapes-holdout.json`, which the default model's training data excludes (`tubelet data shapes
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tubelet.data.shapes import (
+from tubelet.errors import CaptionError
+from tubelet.recipes.shapes import (
     BACKGROUNDS,
     COLORS,
     MOTIONS,
@@ -26,9 +27,8 @@ from tubelet.data.shapes import (
     caption,
     scene_for_spec,
 )
-from tubelet.errors import CaptionError
 
-ASSETS = Path(__file__).resolve().parents[1] / "tubelet" / "assets" / "suites"
+ASSETS = Path(__file__).resolve().parents[1] / "tubelet" / "recipes" / "shapes" / "suites"
 SIZES = ("small", "medium", "big")
 
 

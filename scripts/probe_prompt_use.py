@@ -18,8 +18,8 @@ import argparse
 
 import torch
 
-from tubelet.data.shapes import make_clip
-from tubelet.pipeline import TextToVideoPipeline
+from tubelet.pipelines import TextToVideoPipeline
+from tubelet.recipes.shapes import make_clip
 
 
 def _clip(one_object: bool) -> tuple[torch.Tensor, object]:

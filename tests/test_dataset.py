@@ -1,11 +1,14 @@
 """Folder datasets: captions, buckets, crops, frame-rate resampling, corrupt files, the batch
-sampler (determinism, ranks, resume) and `tubelet data check`. Tiny media made here."""
+sampler (determinism, ranks, resume), per-sample draws that do not depend on the process, and
+`tubelet data check`. Tiny media made here."""
 
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from tubelet.data.dataset import (
     Bucket,
     BucketBatchSampler,
     DataConfig,
+    SampleKey,
     VideoDataset,
     check_dataset,
     choose_bucket,
@@ -284,12 +288,11 @@ def test_fps_resampling_picks_frames(clean_dir):
     np.testing.assert_allclose(
         _level(ds.load(mkv, start=7)["video"]), [10 + 12 * k for k in (7, 10, 13, 16, 19)], atol=4
     )
-    # Random starts: always 3 source frames apart, first frame within 0..7 (= 20 - 13).
+    # Random starts (one per epoch): always 3 source frames apart, first frame within 0..7 (= 20 - 13).
     rnd = VideoDataset(clean_dir, _cfg(random_start=True), progress=False)
-    torch.manual_seed(0)
     starts = set()
-    for _ in range(12):
-        lv = _level(rnd[i]["video"])
+    for epoch in range(12):
+        lv = _level(rnd[SampleKey(i, epoch, 0)]["video"])
         k = (lv - 10) / 12
         np.testing.assert_allclose(np.diff(k), 3, atol=0.4)
         assert -0.4 < k[0] < 7.4
@@ -480,6 +483,139 @@ def test_loader_resume_despite_worker_prefetch(clean_dir):
     got += [b["path"] for b in loader]
     assert got == full
     assert [b["path"] for b in loader] == paths(ds, {"epoch": 1, "position": 0})[0]
+
+
+# ------------------------------------------------------------------------------------ per-sample draws
+# Which caption a sample gets, where its clip starts and which sample replaces an unreadable one are
+# functions of (seed, epoch, sample index) only: the same in any process, worker or rank.
+
+
+@pytest.fixture(scope="module")
+def bilingual_dir(tmp_path_factory) -> Path:
+    """The clean folder with an English and a Chinese caption for every file."""
+    extra = {v: [cs[0], f"中文：{cs[0]}"] for v, cs in CAPTIONS.items()}
+    return _make_folder(tmp_path_factory.mktemp("bilingual") / "data", extra=extra)
+
+
+_DRAWS_SCRIPT = """
+import json, sys
+from tubelet.data.dataset import DataConfig, SampleKey, VideoDataset
+cfg = DataConfig(**json.loads(sys.argv[2]))
+ds = VideoDataset(sys.argv[1], cfg, progress=False)
+print(json.dumps([ds.draws(SampleKey(*k)) for k in json.loads(sys.argv[3])]))
+"""
+
+
+class _Draws(torch.utils.data.Dataset):
+    def __init__(self, ds: VideoDataset, keys: list[SampleKey]) -> None:
+        self.ds, self.keys = ds, keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, j: int) -> dict[str, int]:
+        return self.ds.draws(self.keys[j])
+
+
+def test_per_sample_draws_are_a_function_of_seed_epoch_and_index(bilingual_dir):
+    cfg = _cfg(random_start=True)
+    ds = VideoDataset(bilingual_dir, cfg, progress=False)
+    keys = [SampleKey(i, epoch, 7) for i in range(len(ds)) for epoch in range(6)]
+    here = [ds.draws(k) for k in keys]
+    # Not from the global RNGs: reseeding them (or drawing from them) changes nothing.
+    torch.manual_seed(123)
+    np.random.seed(5)
+    torch.rand(10)
+    assert [ds.draws(k) for k in reversed(keys)] == here[::-1]
+    # A loader worker process, and a fresh interpreter with its own dataset object, draw the same.
+    loader = torch.utils.data.DataLoader(_Draws(ds, keys), batch_size=None, num_workers=1)
+    assert [{k: int(v) for k, v in d.items()} for d in loader] == here
+    cfg_json = json.dumps(config_to_dict(cfg))
+    out = subprocess.run(
+        [sys.executable, "-c", _DRAWS_SCRIPT, str(bilingual_dir), cfg_json, json.dumps(keys)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert json.loads(out.stdout) == here
+    # The draws are random: both languages and several start frames turn up; the seed matters.
+    sq0 = next(i for i, s in enumerate(ds.samples) if s.path.endswith("sq_0.mp4"))
+    mine = [d for k, d in zip(keys, here) if k.index == sq0]
+    assert {d["caption_index"] for d in mine} == {0, 1}
+    assert len({d["start"] for d in mine}) >= 3 and all(0 <= d["start"] <= 7 for d in mine)
+    assert [ds.draws(k._replace(seed=8)) for k in keys] != here
+    img = next(i for i, s in enumerate(ds.samples) if s.kind == "image")
+    assert {ds.draws(SampleKey(img, e, 7))["start"] for e in range(6)} == {0}
+    # The item is what the draws say; a plain index is epoch 0 of cfg.seed.
+    key = SampleKey(sq0, 3, 7)
+    d, item = ds.draws(key), ds[key]
+    assert item["caption"] == ds.samples[sq0].captions[d["caption_index"]]
+    loaded = ds.load(sq0, start=d["start"], caption_index=d["caption_index"])
+    assert torch.equal(item["video"], loaded["video"])
+    assert torch.equal(ds[sq0]["video"], ds[SampleKey(sq0, 0, cfg.seed)]["video"])
+
+
+def _take(loader, n: int) -> list[tuple[str, str, torch.Tensor]]:
+    out, it = [], iter(loader)
+    while len(out) < n:
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            continue
+        out.append(list(zip(batch["path"], batch["caption"], batch["video"])))
+    return out
+
+
+def test_ranks_load_exactly_the_samples_of_one_process(bilingual_dir):
+    """2 ranks x 1 sample == 1 process x 2 samples: the same global batches, and each sample with the
+    same caption and start frame, whichever rank (and worker) loads it; also after a resume."""
+
+    def loader(per_rank: int, rank: int, world: int, workers: int, state=None):
+        buckets = [Bucket(b.frames, b.height, b.width, per_rank) for b in BUCKETS]
+        ds = VideoDataset(bilingual_dir, _cfg(random_start=True, buckets=buckets), progress=False)
+        sampler = BucketBatchSampler(ds, seed=11, rank=rank, world_size=world)
+        out = make_loader(ds, sampler, num_workers=workers)
+        if state is not None:
+            out.load_state_dict(state)
+        return out
+
+    steps = 7  # 3 global batches per epoch: into the third epoch
+    single = _take(loader(2, 0, 1, 0), steps)
+    torch.manual_seed(1)  # the processes' RNGs differ; nothing per sample is drawn from them
+    rank0 = _take(loader(1, 0, 2, 2), steps)
+    torch.manual_seed(2)
+    rank1 = _take(loader(1, 1, 2, 0), steps)
+    captions = set()
+    for step, (a, b, both) in enumerate(zip(rank0, rank1, single)):
+        assert [x[:2] for x in a + b] == [x[:2] for x in both], step
+        assert all(torch.equal(x[2], y[2]) for x, y in zip(a + b, both)), step
+        captions |= {x[1] for x in both}
+    assert any(c.startswith("中文") for c in captions) and any(not c.startswith("中文") for c in captions)
+    # Resuming a rank mid-epoch continues with the same samples, drawn the same.
+    first = loader(1, 1, 2, 2)
+    head = _take(first, 4)
+    rest = _take(loader(1, 1, 2, 2, json.loads(json.dumps(first.state_dict()))), steps - 4)
+    for x, y in zip([s for b in head + rest for s in b], [s for b in rank1 for s in b]):
+        assert x[:2] == y[:2] and torch.equal(x[2], y[2])
+
+
+def test_replacement_does_not_depend_on_what_the_process_knows(corrupt_dir):
+    """An unreadable sample is replaced by the same sample whether or not this process (or worker)
+    already found the file unreadable."""
+    fresh = VideoDataset(corrupt_dir, _cfg(random_start=True, seed=3), progress=False)
+    known = VideoDataset(corrupt_dir, _cfg(random_start=True, seed=3), progress=False)
+    bad = next(i for i, s in enumerate(known.samples) if s.path.endswith("truncated.mp4"))
+    known[bad]  # now it knows: the next draws skip decoding that file
+    assert bad in known._bad and bad not in fresh._bad
+    for epoch in range(4):
+        for i in fresh.bucket_members[fresh.samples[bad].bucket]:
+            key = SampleKey(i, epoch, 3)
+            assert fresh.replacements(key) == known.replacements(key)
+            a, b = fresh[key], known[key]
+            assert (a["path"], a["caption"]) == (b["path"], b["caption"])
+            assert torch.equal(a["video"], b["video"])
+            assert not a["path"].endswith("truncated.mp4")
+    key = SampleKey(bad, 0, 3)
+    assert bad not in fresh.replacements(key) and len(set(fresh.replacements(key))) == 3
 
 
 def test_collate_rejects_mixed_buckets():

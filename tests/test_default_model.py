@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tubelet.eval.oracle import score_clip
-from tubelet.pipeline import TextToVideoPipeline, default_model_dir
+from tubelet.pipelines import TextToVideoPipeline, default_model_dir
+from tubelet.recipes.shapes import SUITES
+from tubelet.recipes.shapes.oracle import score_clip
 
-SUITE = Path(__file__).resolve().parents[1] / "tubelet" / "assets" / "suites" / "shapes-heldout.jsonl"
+SUITE = SUITES / "shapes-heldout.jsonl"
 
 
 @pytest.fixture(scope="module")

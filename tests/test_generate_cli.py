@@ -32,7 +32,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tubelet.models.dit import DIT_PRESETS, VideoDiT
     from tubelet.models.text import BYTE_TEXT_PRESETS, ByteTextEncoder
     from tubelet.models.vae import VAE_PRESETS, CausalVideoVAE
-    from tubelet.pipeline import PipelineConfig, TextToVideoPipeline
+    from tubelet.pipelines import PipelineConfig, TextToVideoPipeline
 
     torch.manual_seed(0)
     dit = VideoDiT(DIT_PRESETS["tiny"])
@@ -217,9 +217,8 @@ def test_eval_oracle_suite(model_dir: Path, tmp_path: Path, capsys: pytest.Captu
         3, 1.5, "euler")  # fmt: skip
 
     # the library call matches one generation per prompt
-    from tubelet.eval.oracle import score_clip
-    from tubelet.eval.suite import evaluate_model, read_suite
-    from tubelet.pipeline import TextToVideoPipeline
+    from tubelet.pipelines import TextToVideoPipeline
+    from tubelet.recipes.shapes.oracle import evaluate_model, read_suite, score_clip
 
     pipe = TextToVideoPipeline.from_pretrained(model_dir)
     items = read_suite(suite)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tubelet.data.shapes import (
+from tubelet.errors import CaptionError, DataError
+from tubelet.recipes.shapes import (
     COLORS,
     PromptSpec,
     caption,
@@ -18,8 +19,7 @@ from tubelet.data.shapes import (
     scene_for_spec,
     write_dataset,
 )
-from tubelet.errors import CaptionError, DataError
-from tubelet.eval.oracle import ClipResult, aggregate, evaluate_folder, format_table, score_clip
+from tubelet.recipes.shapes.oracle import ClipResult, aggregate, evaluate_folder, format_table, score_clip
 
 REVERSED = {"left": "right", "right": "left", "up": "down", "down": "up", "still": "left"}
 
@@ -94,7 +94,7 @@ def test_uniform_noise_passes_nothing():
 
 
 def _clip_for(text: str, seed: int = 0, **kw) -> np.ndarray:
-    from tubelet.data.shapes import parse_caption
+    from tubelet.recipes.shapes import parse_caption
 
     return render(scene_for_spec(parse_caption(text), _rng(seed)), **kw)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tubelet.data.shapes import (
+from tubelet.errors import CaptionError, DataError
+from tubelet.recipes.shapes import (
     BACKGROUNDS,
     COLORS,
     MIN_TRAVEL,
@@ -31,7 +32,6 @@ from tubelet.data.shapes import (
     scene_for_spec,
     write_dataset,
 )
-from tubelet.errors import CaptionError, DataError
 
 EXAMPLE_EN = "a big purple triangle moving left and a blue circle staying still, on a gray background"
 EXAMPLE_ZH = "一个大的紫色三角形向左移动和一个蓝色圆形静止不动，灰色背景"

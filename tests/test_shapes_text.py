@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tubelet.models.shapes_text import SHAPES_TEXT_PRESETS, ShapesTextConfig, ShapesTextEncoder
 from tubelet.models.text import TextEncodingError, load_text_encoder
+from tubelet.recipes.shapes.text import SHAPES_TEXT_PRESETS, ShapesTextConfig, ShapesTextEncoder
 
 
 @pytest.fixture

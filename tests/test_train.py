@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tubelet.data.shapes import write_dataset
+    from tubelet.recipes.shapes import write_dataset
 
     out = tmp_path_factory.mktemp("shapes") / "data"
     write_dataset(out, 8, seed=0, frames=5, size=16, fps=8.0, progress=False)
@@ -49,7 +49,7 @@ def test_tiny_run_writes_the_run_folder(shapes_data: Path, tmp_path: Path) -> No
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-0000006"]
     assert not list((run / "checkpoints").glob("*.tmp"))
     # The exported model is a pipeline directory that generates.
-    from tubelet.pipeline import TextToVideoPipeline
+    from tubelet.pipelines import TextToVideoPipeline
 
     pipe = TextToVideoPipeline.from_pretrained(run / "model")
     out = pipe("a red circle moving right", seed=1, num_inference_steps=2, progress=False)
@@ -60,8 +60,8 @@ def test_tiny_run_writes_the_run_folder(shapes_data: Path, tmp_path: Path) -> No
 
 
 def test_shapes_text_encoder_trains_jointly_and_generates(shapes_data: Path, tmp_path: Path) -> None:
-    from tubelet.models.shapes_text import ShapesTextEncoder
-    from tubelet.pipeline import TextToVideoPipeline
+    from tubelet.pipelines import TextToVideoPipeline
+    from tubelet.recipes.shapes.text import ShapesTextEncoder
 
     run = tmp_path / "run"
     train(tiny(max_steps=3, save_every=0, text_encoder="shapes-tiny"), shapes_data, run, progress=False)
@@ -306,7 +306,7 @@ def test_export_checkpoint_matches_the_runs_own_export(shapes_data: Path, tmp_pa
     half = export_checkpoint(run, tmp_path / "half", step=2, use_ema=False, dtype=torch.float16)
     w = load_safetensors(half / "transformer" / "model.safetensors")
     assert all(v.dtype == torch.float16 for v in w.values())
-    from tubelet.pipeline import TextToVideoPipeline
+    from tubelet.pipelines import TextToVideoPipeline
 
     loaded = TextToVideoPipeline.from_pretrained(half)
     assert next(loaded.transformer.parameters()).dtype == torch.float32  # float16 is storage only on a CPU

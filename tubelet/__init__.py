@@ -17,7 +17,7 @@ __all__ = ["TextToVideoPipeline", "__version__"]
 
 def __getattr__(name: str) -> Any:
     if name == "TextToVideoPipeline":
-        from tubelet.pipeline import TextToVideoPipeline
+        from tubelet.pipelines import TextToVideoPipeline
 
         return TextToVideoPipeline
     raise AttributeError(f"module 'tubelet' has no attribute {name!r}")

@@ -21,7 +21,7 @@ class VideoError(TubeletError):
 
 
 class CaptionError(TubeletError, ValueError):
-    """A prompt/caption cannot be parsed by the shapes-world grammar."""
+    """A prompt/caption cannot be parsed by a recipe's caption grammar."""
 
 
 class DeviceError(TubeletError, ValueError):
@@ -38,3 +38,7 @@ class ConversionError(TubeletError):
 
 class DataError(TubeletError):
     """A dataset directory or sample is unusable."""
+
+
+class RecipeError(TubeletError):
+    """An installed recipe (entry point group `tubelet.recipes`) cannot register its parts."""

@@ -42,13 +42,14 @@ def shapes(
     workers: int = typer.Option(1, min=1, help="Processes rendering and encoding clips (same output)."),
     holdout: Path | None = typer.Option(
         None,
-        help="JSON list of [color, shape, motion] combinations to keep out (clips with one are skipped).",
+        help="JSON list of [color, shape, motion] combinations to keep out (clips with one are skipped): "
+        "a file, or a shipped list by name (shapes-holdout: the default model's).",
     ),
 ) -> None:
     """Write a shapes-world dataset: videos/NNNNNN.mp4, captions.jsonl (en + zh), scenes.jsonl."""
     import time
 
-    from tubelet.data.shapes import write_dataset
+    from tubelet.recipes.shapes import suite_path, write_dataset
 
     frame_size = _parse_size(size)
     h, w = (frame_size, frame_size) if isinstance(frame_size, int) else frame_size
@@ -59,6 +60,7 @@ def shapes(
     if holdout is not None:
         from tubelet.errors import DataError
 
+        holdout = suite_path(holdout)
         try:
             held = [tuple(c) for c in json.loads(holdout.read_text(encoding="utf-8"))]
         except (OSError, ValueError, TypeError) as e:

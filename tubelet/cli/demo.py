@@ -20,7 +20,7 @@ def demo(
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Generate one video with the embedded default model and print its path."""
-    from tubelet.pipeline import TextToVideoPipeline
+    from tubelet.pipelines import TextToVideoPipeline
 
     pipe = TextToVideoPipeline.from_pretrained()
     result = pipe(prompt, seed=seed)

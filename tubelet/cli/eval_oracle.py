@@ -16,7 +16,10 @@ def oracle(
         None, "--videos", help="Folder with captions.jsonl ({video, caption} per line)."
     ),
     suite: Optional[Path] = typer.Option(  # noqa: UP045
-        None, "--suite", help="Prompt suite jsonl ({prompt, seed[, lang]} per line): generate, then score."
+        None,
+        "--suite",
+        help="Prompt suite jsonl ({prompt, seed[, lang]} per line), or a shipped suite by name "
+        "(shapes-heldout, shapes-heldout-reseed): generate, then score.",
     ),
     model: Optional[Path] = typer.Option(  # noqa: UP045
         None, "--model", "-m", help="With --suite: pipeline directory or training run (default: embedded)."
@@ -56,7 +59,7 @@ def oracle(
     import json
 
     from tubelet.errors import DataError, TubeletError
-    from tubelet.eval.oracle import evaluate_folder, format_table
+    from tubelet.recipes.shapes.oracle import evaluate_folder, format_table
 
     if (videos is None) == (suite is None):
         raise TubeletError("pass either --videos DIR (score a folder) or --suite FILE (generate, then score)")
@@ -73,8 +76,10 @@ def oracle(
     else:
         assert suite is not None
         from tubelet.cli.generate import load_pipeline
-        from tubelet.eval.suite import evaluate_model, read_suite
+        from tubelet.recipes.shapes import suite_path
+        from tubelet.recipes.shapes.oracle import evaluate_model, read_suite
 
+        suite = suite_path(suite)
         items = read_suite(suite)  # a broken suite fails before the model loads
         if limit is not None:
             items = items[:limit]

@@ -34,6 +34,5 @@ def eval_sample(
 
     items = read_prompts(prompts)
     pipe = load_pipeline(model, device)
-    pipe.on_note = lambda message: typer.echo(f"note: {message}", err=True)
     paths = sample_prompts(pipe, items, out, samples, seed=seed, batch_size=batch_size, progress=progress)
     typer.echo(f"wrote {len(paths)} clips ({len(items)} prompts x {samples}) to {out}")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Tuple  # noqa: UP035 - typer needs these on py3.10
+from typing import TYPE_CHECKING, Optional, Tuple  # noqa: UP035 - typer needs these on py3.10
 
 import typer
 
 from tubelet.cli.apps import app
 
 if TYPE_CHECKING:
-    from tubelet.pipeline import TextToVideoPipeline
+    from tubelet.pipelines import TextToVideoPipeline
 
 
 def slugify(text: str, max_len: int = 60) -> str:
@@ -21,17 +21,10 @@ def slugify(text: str, max_len: int = 60) -> str:
 
 
 def load_pipeline(model: Path | None, device: str = "auto") -> TextToVideoPipeline:
-    """Load a pipeline directory (or a training run's `model/`); None = the embedded default model."""
-    from tubelet.devices import resolve_device
-    from tubelet.pipeline import TextToVideoPipeline
+    """`tubelet.pipelines.load_pipeline` (kept for the CLI modules that import it from here)."""
+    from tubelet.pipelines import load_pipeline as load
 
-    if (
-        model is not None
-        and not (model / "config.json").is_file()
-        and (model / "model" / "config.json").is_file()
-    ):
-        model = model / "model"  # a training run directory
-    return TextToVideoPipeline.from_pretrained(model, device=resolve_device(device))
+    return load(model, device=device)
 
 
 def check_inputs(paths: list[Path]) -> None:
@@ -130,37 +123,48 @@ def generate(
         raise TubeletError("--strength only applies to --edit")
     if context is not None and extend is None and connect is None:
         raise TubeletError("--context only applies to --extend and --connect")
-    inputs = [p for p in (image, last_image, extend, edit) if p is not None] + list(connect or ())
-    check_inputs(inputs)
+    from tubelet.pipelines import GenerationRequest
+
+    task, video, video_b = "t2v", None, None
+    if image is not None or last_image is not None:
+        task = "i2v"
+    elif extend is not None:
+        task, video = "extend", extend
+    elif loop:
+        task = "loop"
+    elif connect is not None:
+        task, video, video_b = "connect", connect[0], connect[1]
+    elif edit is not None:
+        task, video = "edit", edit
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    request = GenerationRequest(
+        prompt=prompt,
+        task=task,
+        negative_prompt=negative,
+        num_frames=frames,
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        sampler=sampler,
+        seed=seed,
+        image=str(image) if image is not None else None,
+        last_image=str(last_image) if last_image is not None else None,
+        video=str(video) if video is not None else None,
+        video_b=str(video_b) if video_b is not None else None,
+        backward=backward,
+        context_latents=context,
+        strength=strength,
+    )
+    check_inputs(request.inputs())
+    request.validate()  # everything that needs no model, before loading one
     path = out if out is not None else Path("outputs") / f"{slugify(prompt)}-{seed}.mp4"
     check_output(path)
 
     pipe = load_pipeline(model, device)
-    pipe.on_note = lambda message: typer.echo(f"note: {message}", err=True)
-    kw: dict[str, Any] = {
-        "seed": seed,
-        "num_frames": frames,
-        "height": height,
-        "width": width,
-        "num_inference_steps": steps,
-        "guidance_scale": guidance,
-        "negative_prompt": negative,
-        "sampler": sampler,
-        "progress": progress,
-    }
-    if image is not None or last_image is not None:
-        result = pipe.image_to_video(prompt, image, last_image=last_image, **kw)
-    elif extend is not None:
-        result = pipe.extend(prompt, extend, backward=backward, context_latents=context, **kw)
-    elif loop:
-        result = pipe.loop(prompt, **kw)
-    elif connect is not None:
-        result = pipe.connect(prompt, connect[0], connect[1], context_latents=context, **kw)
-    elif edit is not None:
-        result = pipe.edit(prompt, edit, strength=0.6 if strength is None else strength, **kw)
-    else:
-        result = pipe(prompt, **kw)
-    written = result.save(path)  # type: ignore[union-attr]
+    result = pipe.generate(
+        request, progress=progress, on_note=lambda message: typer.echo(f"note: {message}", err=True)
+    )
+    written = result.save(path)
     typer.echo(str(Path(written).resolve()))

@@ -31,15 +31,21 @@ def _parse_set(values: list[str]) -> dict[str, object]:
 
 @app.command("train")
 def train_cmd(
-    out: Path = typer.Option(
-        ..., "--out", "-o", help="Run directory (checkpoints, metrics, samples, model)."
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Run directory (checkpoints, metrics, samples, model); default: the preset's out_dir.",
     ),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML training config."),
     preset: str | None = typer.Option(
-        None, "--preset", "-p", help="Named training preset (see --list-presets)."
+        None, "--preset", "-p", help="Named training preset (see `tubelet presets`)."
     ),
     data: Path | None = typer.Option(
-        None, "--data", "-d", help="Dataset directory (videos + captions.jsonl)."
+        None,
+        "--data",
+        "-d",
+        help="Dataset directory (videos + captions.jsonl); default: the preset's data_dir.",
     ),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
     save_every: int | None = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
@@ -52,10 +58,14 @@ def train_cmd(
     ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs only)."),
 ) -> None:
-    """Train a model (DiT or VAE) on a dataset folder or a latent cache."""
+    """Train a model (DiT or VAE) on a dataset folder or a latent cache.
+
+    A recipe's stage preset names its inputs and run directory, so `tubelet train --preset NAME`
+    runs the stage; a missing input is an error naming the command that makes it.
+    """
     import logging
 
-    from tubelet.train.config import resolve_train_config
+    from tubelet.train.config import resolve_run_paths, resolve_train_config
     from tubelet.train.trainer import default_num_threads, train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -70,6 +80,7 @@ def train_cmd(
         if value is not None:
             overrides[key] = value
     cfg = resolve_train_config(preset, config, overrides)
+    data, out = resolve_run_paths(cfg, data, out)
     default_num_threads()
     from tubelet.train.parallel import shutdown_distributed
 
@@ -91,11 +102,13 @@ def train_cmd(
 
 @app.command("presets")
 def presets_cmd() -> None:
-    """List the training presets."""
-    from tubelet.train.config import TRAIN_PRESETS
+    """List the training presets (the installed recipes' included) and where each stage writes."""
+    from tubelet import registry
 
-    for name, cfg in TRAIN_PRESETS.items():
-        typer.echo(f"{name:16s} task={cfg.task} max_steps={cfg.max_steps}")
+    for name in registry.names("train_preset"):
+        cfg = registry.lookup("train_preset", name)
+        where = f" out_dir={cfg.out_dir}" if cfg.out_dir else ""
+        typer.echo(f"{name:26s} task={cfg.task} max_steps={cfg.max_steps}{where}")
 
 
 @app.command("export")

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from tubelet.config import config_from_dict, config_to_dict
-from tubelet.data.dataset import DataConfig, VideoDataset
+from tubelet.data.dataset import DRAW_CAPTION, DataConfig, SampleKey, VideoDataset, as_key, sample_rng
 from tubelet.errors import DataError, ModelLoadError
 from tubelet.models.hub import load_safetensors, save_state_dict
 
@@ -69,6 +69,10 @@ def build_cache(
     out = _prepare_out(out)
     cfg, ds = _open_dataset(data_dir, data, progress)
     vae = _find_vae(Path(model_dir)).to(device)
+    if torch.device(device).type == "cpu":  # oneDNN convolutions for the frame-by-frame encoder
+        from tubelet.kernels import apply_cpu_kernels
+
+        apply_cpu_kernels(vae)
     text = None
     md = Path(model_dir)
     if (md / "text_encoder" / "config.json").is_file():
@@ -273,7 +277,11 @@ def _start(sample: Any, cfg: DataConfig, frames: int, k: int, n: int) -> int:
 
 class LatentCacheDataset(torch.utils.data.Dataset):
     """Samples of a cache: dict(latents (C, F', H', W') float32 | pixels (3, F, H, W) uint8, caption, path,
-    bucket[, context, mask])."""
+    bucket[, context, mask]).
+
+    ``ds[key]`` takes a `SampleKey` (index, epoch, seed) or a plain index (epoch 0 of ``cfg.seed``);
+    which caption a sample gets is drawn from the key alone (`caption_index`), as in `VideoDataset`.
+    """
 
     def __init__(self, root: str | Path, cfg: DataConfig | None = None) -> None:
         self.root = Path(root)
@@ -312,11 +320,18 @@ class LatentCacheDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        s = self.samples[i]
+    def caption_index(self, key: int | SampleKey) -> int:
+        """Which caption of sample ``key.index`` the key draws (pure: the same in every process)."""
+        key = as_key(key, self.cfg.seed)
+        n = len(self.samples[key.index]["captions"])
+        return int(sample_rng(key, DRAW_CAPTION).integers(n)) if n > 1 else 0
+
+    def __getitem__(self, i: int | SampleKey) -> dict[str, Any]:
+        key = as_key(i, self.cfg.seed)
+        s = self.samples[key.index]
         sh = self.shards[s["shard"]]
         caps = s["captions"]
-        k = int(torch.randint(len(caps), ()).item()) if len(caps) > 1 else 0
+        k = self.caption_index(key)
         data = (
             {"pixels": sh["pixels"][s["row"]]}
             if self.kind == "pixels"

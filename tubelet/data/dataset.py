@@ -11,6 +11,12 @@ or ``captions.csv`` with the columns ``video,caption``. A file may be named on s
 lines (several captions, e.g. one English and one Chinese): it is one sample and every draw
 picks one of its captions at random. Paths are relative to ``root`` (absolute paths work too).
 
+Per-sample random choices (which caption, the start frame with ``random_start``, which sample
+replaces an unreadable one) are pure functions of (seed, epoch, sample index): see `SampleKey`
+and `sample_rng`. They never come from a process's RNG stream, so which process or loader worker
+produces a sample does not change what the sample is (a run on N processes sees exactly the
+samples of a run on one process with the same global batch).
+
 Samples are grouped in *buckets* (frames, height, width, batch size). A sample goes to the
 bucket whose aspect ratio is closest to its own and, among the buckets of that aspect, to the
 one with the most frames it can fill at the target frame rate. Frames are cropped to the
@@ -38,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -91,7 +97,9 @@ class DataConfig:
     videos_as_images: a video too short for every multi-frame bucket of its aspect goes to a
         1-frame bucket of that aspect (one frame) when there is one, instead of being skipped.
     num_workers: DataLoader worker processes.
-    seed: seed of the batch sampler and of sample replacement.
+    seed: seed of a batch sampler built from the dataset without a seed of its own, and of the
+        per-sample draws of ``dataset[i]`` for a plain index (the trainer seeds both with
+        ``TrainConfig.seed``; see `SampleKey`).
     max_replacements: how many other samples of the bucket are tried before giving up on a batch slot.
     """
 
@@ -433,6 +441,46 @@ def frames_to_tensor(frames: np.ndarray, out_h: int, out_w: int) -> torch.Tensor
 
 
 # --------------------------------------------------------------------------------------------
+# Per-sample draws
+
+
+class SampleKey(NamedTuple):
+    """What a batch sampler asks a dataset for: sample `index` (its index in the dataset, the same
+    on every process) as drawn in `epoch` of a run seeded `seed`.
+
+    Every random choice made for the sample (caption, start frame, replacement of an unreadable
+    file) is a function of the key alone (`sample_rng`), so the sample does not depend on the
+    process, the loader worker or the order in which samples are produced.
+    """
+
+    index: int
+    epoch: int = 0
+    seed: int = 0
+
+
+# Independent streams of one key: adding or removing one kind of draw never shifts another.
+DRAW_CAPTION, DRAW_START, DRAW_REPLACEMENT = 0, 1, 2
+
+
+def sample_rng(key: SampleKey, what: int, loaded: int | None = None) -> np.random.Generator:
+    """The generator of draw `what` (DRAW_*) for `key`: ``np.random.default_rng([seed, epoch,
+    index, what, loaded])``, a pure function of its arguments. `loaded` is the sample actually
+    decoded (`key.index`, or the sample replacing it when it is unreadable)."""
+    loaded = key.index if loaded is None else loaded
+    words = [int(key.seed), int(key.epoch), int(key.index), int(what), int(loaded)]
+    return np.random.default_rng([w % 2**64 for w in words])  # SeedSequence takes non-negative ints
+
+
+def as_key(index: int | SampleKey, seed: int) -> SampleKey:
+    """`index` as a SampleKey; a plain index is epoch 0 of `seed`."""
+    if isinstance(index, SampleKey):
+        return index
+    if isinstance(index, (tuple, list)):  # a SampleKey that lost its class (e.g. default collation)
+        return SampleKey(*(int(v) for v in index))
+    return SampleKey(int(index), 0, seed)
+
+
+# --------------------------------------------------------------------------------------------
 # The dataset
 
 
@@ -492,8 +540,10 @@ def _try_probe(path: Path) -> MediaInfo | str:
 class VideoDataset(torch.utils.data.Dataset):
     """Map-style dataset over a folder of captioned videos and images.
 
-    ``dataset[i]`` -> dict(video=float tensor (3, F, H, W) in [-1, 1], caption=str, path=str,
-    bucket=int, skipped=list of (path, cause) found unreadable while producing this item).
+    ``dataset[key]`` -> dict(video=float tensor (3, F, H, W) in [-1, 1], caption=str, path=str,
+    bucket=int, skipped=list of (path, cause) found unreadable while producing this item), where
+    `key` is a `SampleKey` (what `BucketLoader` passes) or a plain index (= epoch 0 of
+    ``cfg.seed``). The item is a function of the key (and the files): see `draws`.
     A sample that cannot be decoded is replaced by another sample of the same bucket.
     """
 
@@ -620,16 +670,50 @@ class VideoDataset(torch.utils.data.Dataset):
 
     # -- loading -------------------------------------------------------------------------------
 
+    def last_start(self, index: int) -> int:
+        """The last source frame a clip of sample `index` can start at (0 for images and for
+        clips just long enough for their bucket)."""
+        s = self.samples[index]
+        if s.kind == "image":
+            return 0
+        span = source_indices(0, self.buckets[s.bucket].frames, s.fps, self.cfg.fps)[-1] + 1
+        return max(0, s.num_frames - span)
+
+    def draws(self, key: int | SampleKey, loaded: int | None = None) -> dict[str, int]:
+        """The random choices for `key` when sample `loaded` (default: ``key.index``) is decoded:
+        {"caption_index", "start"}, each from its own `sample_rng` stream. The start frame is 0
+        unless `random_start`; one caption means caption 0. Pure: the same in every process."""
+        key = as_key(key, self.cfg.seed)
+        loaded = key.index if loaded is None else loaded
+        s = self.samples[loaded]
+        caption = 0
+        if len(s.captions) > 1:
+            caption = int(sample_rng(key, DRAW_CAPTION, loaded).integers(len(s.captions)))
+        start = 0
+        last = self.last_start(loaded)
+        if self.cfg.random_start and last > 0:
+            start = int(sample_rng(key, DRAW_START, loaded).integers(last + 1))
+        return {"caption_index": caption, "start": start}
+
     def load(
-        self, index: int, *, start: int | None = None, caption_index: int | None = None
+        self,
+        index: int,
+        *,
+        start: int | None = None,
+        caption_index: int | None = None,
+        key: SampleKey | None = None,
     ) -> dict[str, Any]:
         """Decode sample `index` into its bucket's shape. Raises TubeletError if the file is unreadable.
 
-        `start` (source frame) and `caption_index` default to random draws (torch RNG) or to 0
-        when `random_start` is off.
+        `start` (source frame) and `caption_index` default to the draws of `key` (default: epoch 0
+        of ``cfg.seed`` for `index`) for sample `index` (see `draws`).
         """
         s = self.samples[index]
         b = self.buckets[s.bucket]
+        if start is None or caption_index is None:
+            drawn = self.draws(key if key is not None else as_key(index, self.cfg.seed), index)
+            start = drawn["start"] if start is None else start
+            caption_index = drawn["caption_index"] if caption_index is None else caption_index
         io = _io()
         if s.kind == "image":
             img = io.read_image(s.path)
@@ -643,12 +727,10 @@ class VideoDataset(torch.utils.data.Dataset):
             or frames.shape[-1] != 3
         ):
             raise DataError(f"{s.path}: decoded frames have shape {tuple(frames.shape)} {frames.dtype}")
-        if caption_index is None:
-            caption_index = int(torch.randint(len(s.captions), ()).item()) if len(s.captions) > 1 else 0
         video = frames_to_tensor(frames, b.height, b.width)  # (3, F, H, W)
         return {"video": video, "caption": s.captions[caption_index], "path": s.path, "bucket": s.bucket}
 
-    def _read_clip(self, s: Sample, frames: int, start: int | None, out_h: int, out_w: int) -> np.ndarray:
+    def _read_clip(self, s: Sample, frames: int, start: int, out_h: int, out_w: int) -> np.ndarray:
         """`frames` frames at the target fps from source frame `start` on (uint8 (F, h, w, 3)).
 
         Resampling is by presentation timestamps (tubelet.io): output frame k is the source frame on
@@ -660,8 +742,6 @@ class VideoDataset(torch.utils.data.Dataset):
 
         span = source_indices(0, frames, s.fps, self.cfg.fps)[-1] + 1
         last_start = max(0, s.num_frames - span)
-        if start is None:
-            start = int(torch.randint(last_start + 1, ()).item()) if self.cfg.random_start else 0
         start = min(max(0, start), last_start)
         scale = max(out_h / s.height, out_w / s.width)
         short = math.ceil(min(s.height, s.width) * scale) if scale < 1 else None
@@ -680,29 +760,44 @@ class VideoDataset(torch.utils.data.Dataset):
             raise VideoError(s.path, f"decoded {n} frames from frame {start}, expected {frames}")
         raise AssertionError("unreachable")
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def replacements(self, key: int | SampleKey) -> list[int]:
+        """The samples tried, in order, when sample ``key.index`` cannot be decoded: up to
+        `max_replacements` other samples of its bucket, distinct, drawn from the key alone (not
+        from which files this process already knows to be unreadable), so every process replaces
+        a sample by the same one."""
+        key = as_key(key, self.cfg.seed)
+        others = [m for m in self.bucket_members[self.samples[key.index].bucket] if m != key.index]
+        n = min(self.cfg.max_replacements, len(others))
+        picks = sample_rng(key, DRAW_REPLACEMENT).choice(len(others), size=n, replace=False)
+        return [others[int(j)] for j in picks]
+
+    def __getitem__(self, index: int | SampleKey) -> dict[str, Any]:
+        key = as_key(index, self.cfg.seed)
+        index = key.index
         skipped: list[tuple[str, str]] = []
         in_worker = torch.utils.data.get_worker_info() is not None
-        members = self.bucket_members[self.samples[index].bucket]
-        rng = np.random.default_rng([self.cfg.seed, index])
+        tried: list[int] | None = None
         current = index
-        for _ in range(self.cfg.max_replacements + 1):
-            if current not in self._bad:
-                try:
-                    item = self.load(current)
-                    item["skipped"] = skipped
-                    return item
-                except Exception as e:  # any failure to read one file must not stop training
-                    path = self.samples[current].path
-                    cause = getattr(e, "cause", None) or f"{type(e).__name__}: {e}"
-                    self._bad.add(current)
-                    skipped.append((path, cause))
-                    if not in_worker:
-                        self._record(path, cause)
-            candidates = [m for m in members if m not in self._bad]
-            if not candidates:
-                break
-            current = int(candidates[rng.integers(len(candidates))])
+        for attempt in range(self.cfg.max_replacements + 1):
+            if attempt:
+                if tried is None:  # only drawn when a sample fails
+                    tried = self.replacements(key)
+                if attempt > len(tried):
+                    break
+                current = tried[attempt - 1]
+            if current in self._bad:  # known unreadable here: fails anywhere, skip the decode
+                continue
+            try:
+                item = self.load(current, key=key)
+                item["skipped"] = skipped
+                return item
+            except Exception as e:  # any failure to read one file must not stop training
+                path = self.samples[current].path
+                cause = getattr(e, "cause", None) or f"{type(e).__name__}: {e}"
+                self._bad.add(current)
+                skipped.append((path, cause))
+                if not in_worker:
+                    self._record(path, cause)
         raise DataError(
             f"{self.root}: bucket {self.samples[index].bucket} {self.buckets[self.samples[index].bucket]}: "
             f"no readable sample found after {len(skipped)} unreadable files "
@@ -727,6 +822,12 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
     ``batch_size * world_size`` (incomplete ones dropped), and the global batches of all buckets
     are shuffled together. Rank r takes slice r of every global batch, so all ranks train on the
     same bucket at the same step and their shares are disjoint.
+
+    The global batches depend on (seed, epoch, the samples' buckets and the global batch size)
+    only: 1 process with batch 4 and 2 processes with batch 2 see the same global batches in the
+    same order, rank 0 the first half of each. `keyed_batches` yields the same batches as
+    `SampleKey` lists (index, epoch, seed), which is what `BucketLoader` hands the dataset: the
+    per-sample draws then follow the sample, not the process.
 
     Iterating yields the rest of the current epoch and then moves on to the next epoch.
     ``state_dict()`` = (epoch, position: batches already yielded in it); ``load_state_dict``
@@ -797,16 +898,26 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         """Batches per epoch."""
         return sum(len(m) // (self.batch_sizes[b] * self.world_size) for b, m in enumerate(self.members))
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def _epoch_batches(self) -> Iterator[tuple[int, list[int]]]:
+        """(epoch, this rank's share of the next global batch) for the rest of the current epoch."""
         epoch = self.epoch
         batches = self._global_batches(epoch)
         while self.epoch == epoch and self.position < len(batches):
             gb = batches[self.position]
             per = len(gb) // self.world_size
             self.position += 1
-            yield gb[self.rank * per : (self.rank + 1) * per]
+            yield epoch, gb[self.rank * per : (self.rank + 1) * per]
         if self.epoch == epoch:
             self.epoch, self.position = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _, batch in self._epoch_batches():
+            yield batch
+
+    def keyed_batches(self) -> Iterator[list[SampleKey]]:
+        """The batches of `__iter__` (same state), each sample as its `SampleKey` (index, epoch, seed)."""
+        for epoch, batch in self._epoch_batches():
+            yield [SampleKey(i, epoch, self.seed) for i in batch]
 
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` from its first batch on the next iteration."""
@@ -853,9 +964,25 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+class _KeyedBatchSampler:
+    """A BucketBatchSampler's batches as `SampleKey` lists (the DataLoader's batch_sampler)."""
+
+    def __init__(self, sampler: BucketBatchSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        return self.sampler.keyed_batches()
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 class BucketLoader(torch.utils.data.DataLoader):
     """DataLoader that records unreadable files reported by workers in the dataset and counts the
     batches it handed out, so that its state is exact although workers prefetch ahead.
+
+    The dataset gets `SampleKey`s (index, epoch, seed) from the sampler, so what each sample is
+    (caption, start frame, replacement) does not depend on the process or worker that loads it.
 
     A new iteration continues after the last batch handed out (prefetched batches that were never
     handed out are produced again), unless the sampler was repositioned in between
@@ -866,7 +993,11 @@ class BucketLoader(torch.utils.data.DataLoader):
         self, dataset: VideoDataset, sampler: BucketBatchSampler, num_workers: int, **kwargs: Any
     ) -> None:
         super().__init__(
-            dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate, **kwargs
+            dataset,
+            batch_sampler=_KeyedBatchSampler(sampler),  # type: ignore[arg-type]
+            num_workers=num_workers,
+            collate_fn=collate,
+            **kwargs,
         )
         self._bucket_sampler = sampler
         self._epoch, self._delivered = sampler.epoch, sampler.position
@@ -909,6 +1040,7 @@ def make_loader(
     """DataLoader over `dataset` with bucket batches from `sampler` (num_workers defaults to the config's)."""
     workers = dataset.cfg.num_workers if num_workers is None else num_workers
     # Its own generator: creating an iterator must not consume the global RNG (exact resume).
+    # (It only seeds the workers' RNGs, which no per-sample draw uses: see SampleKey.)
     kwargs: dict[str, Any] = {
         "pin_memory": torch.cuda.is_available(),
         "generator": torch.Generator().manual_seed(dataset.cfg.seed),

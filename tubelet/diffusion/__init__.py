@@ -1,7 +1,8 @@
-"""The rectified-flow objective and the samplers (plain functions)."""
+"""The conditioning object, the rectified-flow objective and the samplers (plain functions)."""
 
 from __future__ import annotations
 
+from tubelet.diffusion.cond import Cond
 from tubelet.diffusion.flow import (
     FlowConfig,
     drop_captions,
@@ -14,6 +15,7 @@ from tubelet.diffusion.sampling import SAMPLERS, flow_schedule, make_velocity_fn
 
 __all__ = [
     "SAMPLERS",
+    "Cond",
     "FlowConfig",
     "drop_captions",
     "effective_shift",

@@ -10,8 +10,8 @@ Convention (shared with `tubelet.diffusion.sampling`, the Wan convention):
   or one per latent frame, shape (B, F), when some frames are given as clean conditioning;
 * sampling integrates from ``s = 1`` to ``s = 0``: ``x <- x + (s_next - s) * v``.
 
-Model contract: ``model(x, t, context, context_mask=None) -> velocity`` with ``x`` (B, C, F, H, W)
-latents, ``t`` (B,) or (B, F), ``context`` (B, L, D) text states and ``context_mask`` (B, L) bool.
+Model contract: ``model(x, t, cond) -> velocity`` with ``x`` (B, C, F, H, W) latents, ``t`` (B,) or
+(B, F) and ``cond`` a `tubelet.diffusion.cond.Cond` (text states + mask, known frames, ...).
 
 Timestep shift. Sampling ``s`` uniformly (or logit-normally) puts too little weight on high noise for
 large inputs, where neighbouring tokens are strongly correlated and low noise barely hides the signal.
@@ -43,6 +43,7 @@ from typing import Literal
 
 import torch
 
+from tubelet.diffusion.cond import Cond
 from tubelet.errors import ConfigError
 
 NUM_TRAIN_TIMESTEPS = 1000.0  # model time t = NUM_TRAIN_TIMESTEPS * s
@@ -84,11 +85,6 @@ class FlowConfig:
     p_first_last: float = 0.05
     p_extend_forward: float = 0.05
     p_extend_backward: float = 0.05
-    # Extra loss weight on foreground pixels (pixel-space models): a position whose clean value differs
-    # from the clip's per-channel median (its dominant colour) by more than 0.1 on [-1, 1] in any
-    # channel counts 1 + foreground_weight times; each sample's loss is then normalised by its total
-    # weight. 0 = plain MSE. For data where small objects on flat backgrounds carry what the prompt says.
-    foreground_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.t_sampling not in ("logit_normal", "uniform"):
@@ -109,8 +105,6 @@ class FlowConfig:
                     f"FlowConfig.shift_mix: a non-empty list of shifts > 0, got {self.shift_mix}"
                 )
             self.shift_mix = [float(x) for x in self.shift_mix]
-        if not self.foreground_weight >= 0.0:
-            raise ConfigError(f"FlowConfig.foreground_weight: must be >= 0, got {self.foreground_weight}")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ConfigError(f"FlowConfig.caption_dropout: must be in [0, 1], got {self.caption_dropout}")
         probs = self.task_probs()
@@ -298,33 +292,23 @@ def drop_captions(texts: Sequence[str], p: float, generator: torch.Generator | N
 # ----------------------------------------------------------------------------------------------- #
 
 
-def foreground_weights(x0: torch.Tensor, weight: float, threshold: float = 0.1) -> torch.Tensor:
-    """(B, 1, F, H, W) loss weights: 1 + `weight` where a clean sample differs from its per-channel
-    median over the clip (the dominant colour) by more than `threshold` in any channel, else 1."""
-    b, c = x0.shape[:2]
-    median = x0.float().reshape(b, c, -1).median(dim=2).values  # (B, C)
-    diff = (x0.float() - median[:, :, None, None, None]).abs().amax(dim=1, keepdim=True)
-    return 1.0 + weight * (diff > threshold).float()
-
-
 def flow_matching_loss(
     model: Callable[..., torch.Tensor],
     x0: torch.Tensor,
-    context: torch.Tensor,
-    context_mask: torch.Tensor | None = None,
+    cond: Cond,
     *,
     cfg: FlowConfig,
     generator: torch.Generator | None = None,
-    known_frames: torch.Tensor | None = None,
     num_tokens: int | None = None,
     noise: torch.Tensor | None = None,
     s: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Rectified-flow MSE: draw noise and s, build x_s, regress the model's velocity on ``noise - x0``.
 
-    x0: (B, C, F, H, W) clean latents; context: (B, L, D); context_mask: (B, L) bool or None.
-    known_frames: optional (B, F) bool; those frames are fed clean (per-frame s = 0, so the model gets
-        t of shape (B, F)) and left out of the loss. Without it the model gets t of shape (B,).
+    x0: (B, C, F, H, W) clean latents; cond: the conditioning handed to ``model(x_s, t, cond)``.
+    cond.known_mask: optional (B, F) bool; those frames are fed clean (taken from x0, per-frame
+        s = 0, so the model gets t of shape (B, F)) and left out of the loss. Without it the model
+        gets t of shape (B,).
     num_tokens: token count for the resolution-aware shift (when cfg.shift is None); defaults to
         F * H * W latent positions. Pass the count after patchify (F*H*W / patch area) to match sampling.
     generator: draws noise and s on the generator's device (then moved to x0's device); for GPU training
@@ -341,9 +325,10 @@ def flow_matching_loss(
         raise ValueError(f"x0 must be latents (B, C, F, H, W), got shape {tuple(x0.shape)}")
     b, c, f, h, w = x0.shape
     device = x0.device
+    known_frames = cond.known_mask
     if known_frames is not None:
         if known_frames.shape != (b, f):
-            raise ValueError(f"known_frames has shape {tuple(known_frames.shape)}; expected (B, F)={(b, f)}")
+            raise ValueError(f"known_mask has shape {tuple(known_frames.shape)}; expected (B, F)={(b, f)}")
         known_frames = known_frames.to(device=device, dtype=torch.bool)
 
     if noise is None:
@@ -363,33 +348,22 @@ def flow_matching_loss(
     else:
         s_in = torch.where(known_frames, torch.zeros_like(s)[:, None], s[:, None])  # (B, F)
     x_s = interpolate(x0, noise, s_in)  # (B, C, F, H, W); known frames are exactly x0
-    pred = model(x_s, NUM_TRAIN_TIMESTEPS * s_in, context, context_mask)
+    pred = model(x_s, NUM_TRAIN_TIMESTEPS * s_in, cond)
     if pred.shape != x0.shape:
         raise ValueError(f"model returned shape {tuple(pred.shape)}; expected {tuple(x0.shape)}")
 
     err = (pred.float() - velocity_target(x0, noise).float()).square()  # (B, C, F, H, W)
-    fg = foreground_weights(x0, cfg.foreground_weight) if cfg.foreground_weight > 0 else None
-    if known_frames is None and fg is None:
+    if known_frames is None:
         per_sample = err.mean(dim=(1, 2, 3, 4))  # (B,)
         loss = err.mean()
         known_fraction = torch.zeros((), device=device)
     else:
-        weight = torch.ones((b, 1, f, 1, 1), device=device, dtype=err.dtype)  # (B, 1, F, 1, 1)
-        if known_frames is not None:
-            weight = (~known_frames).to(err.dtype)[:, None, :, None, None]
-        if fg is not None:
-            weight = weight * fg  # (B, 1, F, H, W)
+        weight = (~known_frames).to(err.dtype)[:, None, :, None, None]  # (B, 1, F, 1, 1)
         counts = weight.expand(b, c, f, h, w).sum(dim=(1, 2, 3, 4))  # (B,)
         sums = (err * weight).sum(dim=(1, 2, 3, 4))  # (B,)
         per_sample = sums / counts.clamp_min(1e-6)
-        if fg is None:
-            loss = sums.sum() / counts.sum().clamp_min(1.0)
-        else:  # every sample counts the same, whatever its share of foreground
-            has = counts > 0
-            loss = per_sample[has].mean() if bool(has.any()) else sums.sum() * 0.0
-        known_fraction = (
-            known_frames.float().mean() if known_frames is not None else torch.zeros((), device=device)
-        )
+        loss = sums.sum() / counts.sum().clamp_min(1.0)
+        known_fraction = known_frames.float().mean()
     stats = {
         "loss": loss.detach(),
         "s": s.detach(),

@@ -5,19 +5,21 @@ s = 0 is data, the model predicts ``v = noise - x0`` at model time ``t = 1000 * 
 integrates the ODE ``dx/ds = v(x, s)`` from ``sigmas[0]`` (usually 1) down to ``sigmas[-1]`` (usually 0).
 
 Every sampler has the signature
-``sampler(fn, x, sigmas, *, known=None, known_mask=None, callback=None) -> x0`` where
+``sampler(fn, x, sigmas, cond=None, *, callback=None) -> x0`` where
 
-* ``fn(x, s) -> v`` is a velocity function (build one from a model with `make_velocity_fn`);
-  ``s`` is a float32 tensor of shape (B,), or (B, F) when ``known_mask`` is given;
+* ``fn(x, s, cond) -> v`` is a velocity function (build one from a model with `make_velocity_fn`);
+  ``s`` is a float32 tensor of shape (B,), or (B, F) when ``cond.known_mask`` is set;
 * ``x`` (B, C, F, H, W) is the state at ``sigmas[0]`` (pure noise for text-to-video, or the output of
   `sdedit_start`);
 * ``sigmas`` is a non-increasing 1-D schedule in [0, 1] with num_steps + 1 entries (`flow_schedule`);
   the sampler calls ``fn`` exactly num_steps times;
-* ``known`` (B, C, F, H, W) clean latents and ``known_mask`` (B, F) bool mark latent frames given as
+* ``cond`` (a `tubelet.diffusion.cond.Cond`) is handed to ``fn`` unchanged; its ``known``
+  (B, C, F, H, W) clean latents and ``known_mask`` (B, F) bool mark latent frames given as
   conditioning (image-to-video, extension, interpolation): before every call they are reset to their
   clean values and ``fn`` is told s = 0 for them, and the output holds them exactly;
-* ``callback(step, num_steps, x)`` is called after every step, ``step`` counting completed steps
-  (1 .. num_steps), e.g. to advance a progress bar.
+* ``callback(step, num_steps, x, denoised)`` is called after every step, ``step`` counting completed
+  steps (1 .. num_steps), ``x`` the new state and ``denoised`` the clean-clip estimate x0_hat of the
+  step's model call (for progress bars and live previews).
 
 Solvers: "euler" (first order) and two second-order multistep solvers in the data-prediction (x0)
 parameterisation, which cost no extra model calls: "unipc" (UniPC, B(h) = e^h - 1 variant "bh2",
@@ -31,13 +33,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
+from tubelet.diffusion.cond import Cond
 from tubelet.diffusion.flow import NUM_TRAIN_TIMESTEPS, interpolate, shift_sigmas
 
-VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Callback = Callable[[int, int, torch.Tensor], None]
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, "Cond | None"], torch.Tensor]
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 _S_MAX_LOG = 1.0 - 1e-6  # s is clamped to this inside log-SNR only (s = 1 has lambda = -inf)
 
@@ -63,28 +67,6 @@ def flow_schedule(num_steps: int, shift: float = 1.0) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- #
 
 
-def _pad_context(
-    ctx: torch.Tensor, mask: torch.Tensor | None, length: int, batch: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Expand a (1 or B, L, D) context to (B, length, D) with zero padding and a (B, length) bool mask."""
-    if ctx.dim() != 3:
-        raise ValueError(f"context must be (B, L, D), got shape {tuple(ctx.shape)}")
-    n, ln, d = ctx.shape
-    if mask is None:
-        mask = torch.ones(n, ln, dtype=torch.bool, device=ctx.device)
-    if mask.shape != (n, ln):
-        raise ValueError(f"context mask has shape {tuple(mask.shape)}; expected (B, L)={(n, ln)}")
-    mask = mask.to(device=ctx.device, dtype=torch.bool)
-    if n == 1 and batch != 1:
-        ctx, mask = ctx.expand(batch, ln, d), mask.expand(batch, ln)
-    elif n != batch:
-        raise ValueError(f"context batch {n} does not match the conditional batch {batch} (or 1)")
-    if ln < length:
-        ctx = torch.cat([ctx, ctx.new_zeros(batch, length - ln, d)], dim=1)
-        mask = torch.cat([mask, mask.new_zeros(batch, length - ln)], dim=1)
-    return ctx, mask
-
-
 def _model_time(s: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
     """s (float, 0-dim, (B,) or (B, F)) -> model time 1000 * s as float32 (B,) or (B, F)."""
     s = torch.as_tensor(s, dtype=torch.float32, device=device)
@@ -97,51 +79,45 @@ def _model_time(s: torch.Tensor | float, batch: int, device: torch.device) -> to
 
 def make_velocity_fn(
     model: Callable[..., torch.Tensor],
-    context: torch.Tensor,
-    context_mask: torch.Tensor | None = None,
     *,
     guidance_scale: float = 1.0,
-    uncond_context: torch.Tensor | None = None,
-    uncond_mask: torch.Tensor | None = None,
+    uncond: Cond | None = None,
 ) -> VelocityFn:
-    """Wrap ``model(x, t, context, context_mask)`` as ``fn(x, s) -> v`` with classifier-free guidance.
+    """Wrap ``model(x, t, cond)`` as ``fn(x, s, cond) -> v`` with classifier-free guidance.
 
-    context: (B, L, D) conditional text states, context_mask (B, L) bool or None (all valid).
-    uncond_context: (B or 1, L', D) states of the empty prompt, uncond_mask (B or 1, L') or None.
-    With guidance_scale == 1 the model is called once on the conditional batch. Otherwise the two
-    passes are batched into ONE call of batch 2B (contexts zero-padded to the same length, padding
-    masked out) and combined as ``v = v_u + g * (v_c - v_u)``.
+    uncond: the conditioning of the unconditional pass (e.g. the encoded empty or negative prompt),
+    batch 1 or B. With guidance_scale == 1 the model is called once on the conditional batch.
+    Otherwise the two passes are batched into ONE call of batch 2B (`Cond.cat`: text zero-padded to
+    the same length, padding masked out) and combined as ``v = v_u + g * (v_c - v_u)``. The
+    batched conditioning is built once per `cond` and reused for every step.
     """
-    if context.dim() != 3:
-        raise ValueError(f"context must be (B, L, D), got shape {tuple(context.shape)}")
-    batch = context.shape[0]
     g = float(guidance_scale)
     if g == 1.0:
 
-        def fn_single(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-            if x.shape[0] != batch:
-                raise ValueError(f"x has batch {x.shape[0]}; the context has batch {batch}")
-            return model(x, _model_time(s, batch, x.device), context, context_mask)
+        def fn_single(x: torch.Tensor, s: torch.Tensor, cond: Cond | None) -> torch.Tensor:
+            if cond is None:
+                raise ValueError("the velocity function needs a Cond")
+            if x.shape[0] != cond.batch_size:
+                raise ValueError(f"x has batch {x.shape[0]}; the conditioning has batch {cond.batch_size}")
+            return model(x, _model_time(s, x.shape[0], x.device), cond)
 
         return fn_single
 
-    if uncond_context is None:
-        raise ValueError(f"guidance_scale={g} needs uncond_context (the encoded empty prompt)")
-    if uncond_context.dim() != 3 or uncond_context.shape[-1] != context.shape[-1]:
-        raise ValueError(
-            f"uncond_context has shape {tuple(uncond_context.shape)}; expected (B or 1, L', {context.shape[-1]})"
-        )
-    length = max(context.shape[1], uncond_context.shape[1])
-    c_ctx, c_mask = _pad_context(context, context_mask, length, batch)
-    u_ctx, u_mask = _pad_context(uncond_context.to(context.dtype), uncond_mask, length, batch)
-    both_ctx = torch.cat([c_ctx, u_ctx.to(c_ctx.device)], dim=0)  # (2B, L, D)
-    both_mask = torch.cat([c_mask, u_mask.to(c_mask.device)], dim=0)  # (2B, L)
+    if uncond is None:
+        raise ValueError(f"guidance_scale={g} needs uncond (the encoded empty or negative prompt)")
+    cache: dict[str, Any] = {}
 
-    def fn_guided(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def fn_guided(x: torch.Tensor, s: torch.Tensor, cond: Cond | None) -> torch.Tensor:
+        if cond is None:
+            raise ValueError("the velocity function needs a Cond")
+        batch = cond.batch_size
         if x.shape[0] != batch:
-            raise ValueError(f"x has batch {x.shape[0]}; the context has batch {batch}")
+            raise ValueError(f"x has batch {x.shape[0]}; the conditioning has batch {batch}")
+        if cache.get("key") is not cond:
+            u = uncond.expand(batch).replace(known=cond.known, known_mask=cond.known_mask)
+            cache["key"], cache["both"] = cond, Cond.cat([cond, u])
         t = _model_time(s, batch, x.device)
-        v = model(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), both_ctx, both_mask)  # (2B, ...)
+        v = model(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), cache["both"])  # (2B, ...)
         v_c, v_u = v.chunk(2, dim=0)
         return v_u + g * (v_c - v_u)
 
@@ -156,11 +132,14 @@ def make_velocity_fn(
 class _Conditioning:
     """Validated known-frame conditioning and the per-step noise-level tensors handed to fn."""
 
-    def __init__(self, x: torch.Tensor, known: torch.Tensor | None, known_mask: torch.Tensor | None) -> None:
+    def __init__(self, x: torch.Tensor, cond: Cond | None) -> None:
+        known = cond.known if cond is not None else None
+        known_mask = cond.known_mask if cond is not None else None
+        self.cond = cond
         self.batch = x.shape[0]
         self.device = x.device
         if (known is None) != (known_mask is None):
-            raise ValueError("pass known and known_mask together (or neither)")
+            raise ValueError("a sampler needs Cond.known and Cond.known_mask together (or neither)")
         self.known = known
         self.mask5 = None
         self.mask = None
@@ -212,7 +191,7 @@ def _log_snr(s: float) -> float:
 
 def _x0_pred(fn: VelocityFn, x: torch.Tensor, s: float, cond: _Conditioning) -> torch.Tensor:
     """Call the velocity function once and convert to a data prediction x0_hat = x - s * v."""
-    v = fn(x, cond.s_tensor(s))
+    v = fn(x, cond.s_tensor(s), cond.cond)
     if v.shape != x.shape:
         raise ValueError(f"velocity function returned shape {tuple(v.shape)}; expected {tuple(x.shape)}")
     return x - s * v.to(x.dtype)
@@ -237,33 +216,34 @@ def sample_euler(
     fn: VelocityFn,
     x: torch.Tensor,
     sigmas: torch.Tensor,
+    cond: Cond | None = None,
     *,
-    known: torch.Tensor | None = None,
-    known_mask: torch.Tensor | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Explicit Euler on dx/ds = v(x, s): ``x <- x + (s_next - s) * v``. One model call per step."""
     sig = _check_sigmas(sigmas)
-    cond = _Conditioning(x, known, known_mask)
+    kc = _Conditioning(x, cond)
     n = len(sig) - 1
     for i in range(n):
-        x = cond.apply(x)
-        v = fn(x, cond.s_tensor(sig[i]))
+        x = kc.apply(x)
+        v = fn(x, kc.s_tensor(sig[i]), cond)
         if v.shape != x.shape:
             raise ValueError(f"velocity function returned shape {tuple(v.shape)}; expected {tuple(x.shape)}")
-        x = x + (sig[i + 1] - sig[i]) * v.to(x.dtype)
+        v = v.to(x.dtype)
         if callback is not None:
-            callback(i + 1, n, x)
-    return cond.apply(x)
+            denoised = x - sig[i] * v
+        x = x + (sig[i + 1] - sig[i]) * v
+        if callback is not None:
+            callback(i + 1, n, x, denoised)
+    return kc.apply(x)
 
 
 def sample_unipc(
     fn: VelocityFn,
     x: torch.Tensor,
     sigmas: torch.Tensor,
+    cond: Cond | None = None,
     *,
-    known: torch.Tensor | None = None,
-    known_mask: torch.Tensor | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """UniPC-2 (bh2) multistep predictor-corrector in the flow data-prediction parameterisation.
@@ -275,16 +255,16 @@ def sample_unipc(
     solver_order=2, solver_type="bh2") on the same sigmas.
     """
     sig = _check_sigmas(sigmas)
-    cond = _Conditioning(x, known, known_mask)
+    kc = _Conditioning(x, cond)
     n = len(sig) - 1
     ms: list[torch.Tensor] = []  # data predictions at sig[i-1], sig[i]
     last_x: torch.Tensor | None = None  # state at sig[i-1] before the previous predictor step
     last_order = 0
     for i in range(n):
-        x = cond.apply(x)
-        m = _x0_pred(fn, x, sig[i], cond)
+        x = kc.apply(x)
+        m = _x0_pred(fn, x, sig[i], kc)
         if last_x is not None:
-            x = cond.apply(_unic(last_x, x, m, ms, sig, i, last_order))
+            x = kc.apply(_unic(last_x, x, m, ms, sig, i, last_order))
         ms = [*ms[-1:], m]
         order = min(2, i + 1, n - i)
         if sig[i + 1] == 0.0:
@@ -292,8 +272,8 @@ def sample_unipc(
         last_x, last_order = x, order
         x = _unip(x, ms, sig, i, order)
         if callback is not None:
-            callback(i + 1, n, x)
-    return cond.apply(x)
+            callback(i + 1, n, x, m)
+    return kc.apply(x)
 
 
 def _bh2_coeffs(h: float) -> tuple[float, float, float]:
@@ -363,9 +343,8 @@ def sample_dpmpp_2m(
     fn: VelocityFn,
     x: torch.Tensor,
     sigmas: torch.Tensor,
+    cond: Cond | None = None,
     *,
-    known: torch.Tensor | None = None,
-    known_mask: torch.Tensor | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M), midpoint form, in the flow data-prediction parameterisation.
@@ -374,13 +353,13 @@ def sample_dpmpp_2m(
     r = h_prev / h. First step and the step to s = 0 are first order (= Euler).
     """
     sig = _check_sigmas(sigmas)
-    cond = _Conditioning(x, known, known_mask)
+    kc = _Conditioning(x, cond)
     n = len(sig) - 1
     m_prev: torch.Tensor | None = None
     for i in range(n):
         s0, t = sig[i], sig[i + 1]
-        x = cond.apply(x)
-        m = _x0_pred(fn, x, s0, cond)
+        x = kc.apply(x)
+        m = _x0_pred(fn, x, s0, kc)
         if m_prev is None or t == 0.0 or s0 == t or sig[i - 1] == s0:
             x = _euler_from_x0(x, m, s0, t)
         else:
@@ -390,8 +369,8 @@ def sample_dpmpp_2m(
             x = _euler_from_x0(x, d, s0, t)
         m_prev = m
         if callback is not None:
-            callback(i + 1, n, x)
-    return cond.apply(x)
+            callback(i + 1, n, x, m)
+    return kc.apply(x)
 
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {

@@ -29,7 +29,8 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 
-from tubelet.errors import CaptionError, ConfigError, ModelLoadError
+from tubelet import registry
+from tubelet.errors import ConfigError, ModelLoadError
 
 __all__ = [
     "DIMENSIONS",
@@ -473,6 +474,10 @@ class Dimension:
         vals = [s.value for s in scores if s.value is not None]
         return float(np.mean(vals)) if vals else None
 
+    def summary(self, scores: Sequence[ClipScore]) -> dict[str, Any]:
+        """Extra report numbers over the scored clips (`DimensionResult.details`); none by default."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -694,30 +699,8 @@ class AestheticQuality(Dimension):
         return ClipScore(float(per_frame.mean()), {"frames": int(per_frame.numel())})
 
 
-class ShapesOracle(Dimension):
-    name = "shapes_oracle"
-    vbench = False
-    method = "tubelet shapes-world oracle (tubelet.eval.oracle.score_clip): fraction of prompt facts met"
-
-    def __init__(self) -> None:
-        try:
-            from tubelet.eval.oracle import score_clip
-        except ImportError as e:
-            raise ModelLoadError(
-                f"shapes_oracle needs tubelet.eval.oracle, which cannot be imported ({e})"
-            ) from None
-        self._score_clip = score_clip
-
-    def score(self, clip: Clip, prompt: str) -> ClipScore:
-        try:
-            res = self._score_clip(clip.frames, prompt)
-        except CaptionError as e:
-            return ClipScore(None, {"excluded": f"prompt outside the shapes-world grammar ({e})"})
-        details = dict(res.to_dict()) if hasattr(res, "to_dict") else {}
-        details["whole_prompt"] = bool(res.whole_prompt)
-        return ClipScore(float(res.accuracy), details)
-
-
+# Dimensions by name, in report order; recipes add theirs through `tubelet.registry` (kind
+# "eval_dimension"), after these.
 DIMENSIONS: dict[str, type[Dimension]] = {
     d.name: d
     for d in (
@@ -728,15 +711,14 @@ DIMENSIONS: dict[str, type[Dimension]] = {
         DynamicDegree,
         AestheticQuality,
         ClipTextAlignment,
-        ShapesOracle,
     )
 }
-CLASSICAL = ("temporal_flickering", "motion_smoothness", "dynamic_degree", "shapes_oracle")
+CLASSICAL = ("temporal_flickering", "motion_smoothness", "dynamic_degree")
 
 
 def dimension_names() -> list[str]:
-    """All registered dimension names, in report order."""
-    return list(DIMENSIONS)
+    """All registered dimension names (the installed recipes' included), in report order."""
+    return registry.names("eval_dimension")
 
 
 def parse_dimension_list(spec: str | None) -> list[str]:
@@ -745,10 +727,10 @@ def parse_dimension_list(spec: str | None) -> list[str]:
         return dimension_names()
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
-        raise ConfigError(f"--dims {spec!r}: no dimension named; valid: {', '.join(DIMENSIONS)}")
-    unknown = [n for n in names if n not in DIMENSIONS]
+        raise ConfigError(f"--dims {spec!r}: no dimension named; valid: {', '.join(dimension_names())}")
+    unknown = [n for n in names if registry.find("eval_dimension", n) is None]
     if unknown:
-        raise ConfigError(f"unknown dimension(s) {', '.join(unknown)}; valid: {', '.join(DIMENSIONS)}")
+        raise ConfigError(f"unknown dimension(s) {', '.join(unknown)}; valid: {', '.join(dimension_names())}")
     return list(dict.fromkeys(names))
 
 
@@ -760,9 +742,9 @@ def make_dimension(name: str, weights: str | Path | None = None, device: str = "
         WeightsMissingError: a model-backed dimension whose files are not under `weights`.
         ModelLoadError: a dependency cannot be loaded.
     """
-    cls = DIMENSIONS.get(name)
+    cls = registry.find("eval_dimension", name)
     if cls is None:
-        raise ConfigError(f"unknown dimension {name!r}; valid: {', '.join(DIMENSIONS)}")
+        raise ConfigError(f"unknown dimension {name!r}; valid: {', '.join(dimension_names())}")
     if name in _WEIGHT_LAYOUT:
         reason = missing_weights(name, weights)
         if reason:
@@ -775,11 +757,8 @@ def summarise(dim: Dimension, scores: Mapping[str, ClipScore]) -> DimensionResul
     """Aggregate per-clip scores (keyed by video name) into a `DimensionResult`."""
     per_clip = {k: (None if s.value is None else float(s.value)) for k, s in scores.items()}
     excluded = {k: str(s.details.get("excluded", "excluded")) for k, s in scores.items() if s.value is None}
-    details: dict[str, Any] = {}
-    if dim.name == "shapes_oracle":
-        kept = [s for s in scores.values() if s.value is not None]
-        if kept:
-            details["whole_prompt_rate"] = float(np.mean([bool(s.details.get("whole_prompt")) for s in kept]))
+    kept = [s for s in scores.values() if s.value is not None]
+    details = dim.summary(kept) if kept else {}
     return DimensionResult(
         name=dim.name,
         score=dim.aggregate(list(scores.values())),

@@ -1,11 +1,10 @@
-"""Generate-then-score evaluation of a pipeline: prompt suites, the oracle, VBench-style sample folders.
+"""Generating a pipeline's clips for evaluation: prompt suites and VBench-style sample folders.
 
-* `evaluate_model(pipe, suite)`: generate every prompt of a suite (jsonl lines ``{"prompt", "seed"[,
-  "lang"]}``) with the model's default settings, in batches, and score each clip with the shapes-world
-  oracle (`tubelet.eval.oracle`); returns the oracle's `aggregate` report (per attribute, per
-  language, whole prompt) plus the suite, model and settings. Clips are scored on their raw frames
-  (no video compression); `videos_out` also writes them as mp4 + ``captions.jsonl`` so that
-  ``tubelet eval oracle --videos`` can re-score the encoded files.
+* `read_suite(path, check)` / `generate_suite(pipe, items)`: a suite is a jsonl file of
+  ``{"prompt", "seed"[, "lang"]}`` lines; every prompt is generated with its own seed and the model's
+  default settings, in batches, and handed to the caller with its raw frames (no video compression)
+  to score (a recipe's scorer, e.g. the oracle of `tubelet eval oracle`); `videos_out`
+  also writes the clips as mp4 + ``captions.jsonl``, so that they can be re-scored from the files.
 * `sample_prompts(pipe, prompts, out_dir, samples)`: clips named the VBench way,
   ``{prompt}-{index}.mp4`` (index 0..samples-1, one folder), for the official VBench tool, plus a
   ``captions.jsonl`` for ``tubelet eval videos``. Clip ``index`` of every prompt uses seed
@@ -20,16 +19,18 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tubelet.errors import CaptionError, DataError
+from tubelet.errors import DataError, TubeletError
 
 __all__ = [
+    "SuiteClip",
     "SuiteItem",
-    "evaluate_model",
+    "generate_suite",
+    "generation_settings",
     "read_prompts",
     "read_suite",
     "sample_prompts",
@@ -68,14 +69,13 @@ def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
             raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
 
 
-def read_suite(path: str | Path) -> list[SuiteItem]:
+def read_suite(path: str | Path, check: Callable[[str], object] | None = None) -> list[SuiteItem]:
     """Read a suite jsonl: one ``{"prompt": str, "seed": int, "lang": "en"|"zh" (optional)}`` per line.
 
-    Every prompt must parse in the shapes-world grammar (checked before anything is generated).
-    Raises `DataError` naming the file and line.
+    `check(prompt)`, if given, validates each prompt before anything is generated (e.g. a recipe's
+    caption parser) by raising a `TubeletError` or ValueError. Raises `DataError` naming the file
+    and line.
     """
-    from tubelet.data.shapes import parse_caption
-
     p = Path(path)
     items = []
     for n, row in _json_lines(p):
@@ -87,10 +87,11 @@ def read_suite(path: str | Path) -> list[SuiteItem]:
         lang = row.get("lang")
         if lang is not None and lang not in ("en", "zh"):
             raise DataError(f"{p}:{n}: 'lang' must be 'en' or 'zh', got {lang!r}")
-        try:
-            parse_caption(row["prompt"])
-        except CaptionError as e:
-            raise DataError(f"{p}:{n}: {e}") from None
+        if check is not None:
+            try:
+                check(row["prompt"])
+            except (TubeletError, ValueError) as e:
+                raise DataError(f"{p}:{n}: {e}") from None
         items.append(SuiteItem(row["prompt"], seed, lang, n))
     if not items:
         raise DataError(f"{p}: the suite holds no prompts")
@@ -163,7 +164,8 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _settings(meta: dict[str, Any]) -> dict[str, Any]:
+def generation_settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a generated clip's metadata that an evaluation report records."""
     keys = (
         "model",
         "num_frames",
@@ -219,28 +221,34 @@ def sample_prompts(
     return paths
 
 
-def evaluate_model(
+@dataclass
+class SuiteClip:
+    """One generated suite prompt: the suite line, the pipeline's output (`.frames` uint8 (T, H, W, 3),
+    `.metadata`) and, with `videos_out`, the clip's file name there."""
+
+    item: SuiteItem
+    output: Any
+    video: str | None = None
+
+
+def generate_suite(
     pipe: Any,
-    suite: str | Path | Sequence[SuiteItem],
+    items: Sequence[SuiteItem],
     *,
     batch_size: int = 8,
     videos_out: str | Path | None = None,
     progress: bool = True,
+    desc: str = "suite",
     **generate_kwargs: Any,
-) -> dict[str, Any]:
-    """Generate every suite prompt (its own seed, the model's default settings unless overridden by
-    `generate_kwargs`) and score it with the shapes-world oracle.
+) -> Iterator[SuiteClip]:
+    """Generate every suite prompt (its own seed; the model's default settings unless overridden by
+    `generate_kwargs`), yielding the clips in suite order.
 
-    Returns `tubelet.eval.oracle.aggregate` over all clips (per attribute, per language, whole
-    prompt, every clip under "clips" with its seed) plus "suite", "model" and "settings".
-    With `videos_out`, clips are also written there as ``{n:05d}.mp4`` with a ``captions.jsonl``.
+    With `videos_out`, clips are also written there as ``{n:05d}.mp4`` and, once the last clip has
+    been yielded, a ``captions.jsonl`` (``{"video", "caption", "seed"[, "lang"]}`` per clip).
     """
     from tqdm.auto import tqdm
 
-    from tubelet.eval.oracle import aggregate, score_clip
-
-    source = str(suite) if isinstance(suite, (str, Path)) else None
-    items = read_suite(suite) if isinstance(suite, (str, Path)) else list(suite)
     if not items:
         raise DataError("the suite holds no prompts")
     out = Path(videos_out) if videos_out is not None else None
@@ -248,34 +256,20 @@ def evaluate_model(
         if out.exists() and not out.is_dir():
             raise DataError(f"{out}: exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
-    results = []
     rows: list[dict[str, Any]] = []
-    settings: dict[str, Any] = {}
-    with tqdm(total=len(items), desc="oracle", unit="prompt", disable=not progress) as bar:
+    with tqdm(total=len(items), desc=desc, unit="prompt", disable=not progress) as bar:
         for chunk in _batches(items, batch_size):
             clips = pipe(
                 [it.prompt for it in chunk], seed=[it.seed for it in chunk], progress=False, **generate_kwargs
             )
             for it, clip in zip(chunk, clips):
-                res = score_clip(clip.frames, it.prompt)
-                if it.lang is not None:
-                    res.lang = it.lang
+                name = None
                 if out is not None:
                     name = f"{len(rows):05d}.mp4"
                     clip.save(out / name)
-                    res.video = name
-                    rows.append({"video": name, "caption": it.prompt, "seed": it.seed, "lang": res.lang})
-                results.append(res)
-                settings = settings or _settings(clip.metadata)
+                    row = {"video": name, "caption": it.prompt, "seed": it.seed}
+                    rows.append(row if it.lang is None else {**row, "lang": it.lang})
+                yield SuiteClip(it, clip, name)
                 bar.update(1)
     if out is not None:
         _write_jsonl(out / "captions.jsonl", rows)
-    report = aggregate(results)
-    for clip_row, it in zip(report["clips"], items):
-        clip_row["seed"] = it.seed
-    report["suite"] = source
-    report["model"] = settings.get("model")
-    report["settings"] = settings
-    if out is not None:
-        report["videos"] = str(out)
-    return report

@@ -140,8 +140,12 @@ class PretrainedMixin:
         name = raw.pop("_class", cls.__name__)
         if name != cls.__name__:
             raise ModelLoadError(f"{directory}: holds a {name}, not a {cls.__name__}")
+        where = f"{Path(directory) / CONFIG_NAME}"
         try:
-            return config_from_dict(cls.config_class, raw, where=f"{Path(directory) / CONFIG_NAME}")
+            upgrade = getattr(cls, "upgrade_config", None)
+            if upgrade is not None:
+                raw = upgrade(raw, where)
+            return config_from_dict(cls.config_class, raw, where=where)
         except ConfigError as e:
             raise ModelLoadError(str(e)) from None
 

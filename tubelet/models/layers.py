@@ -1,4 +1,4 @@
-"""Shared transformer primitives: attention, linear (+GELU), norms, RoPE, timestep embedding.
+"""Shared transformer primitives: attention, MLP, norms, RoPE, timestep embedding.
 
 Everything here is a pure function or a small `nn.Module` without buffers, so models built on
 the meta device (see `tubelet.models.hub`) load without surprises.
@@ -6,15 +6,16 @@ the meta device (see `tubelet.models.hub`) load without surprises.
 Attention goes through the single function `attention()`; other backends (flash kernels,
 sequence parallelism) plug in with `register_attention_backend()` / `set_attention_backend()`.
 
-CPU performance notes (measured on a 2-core AMD EPYC with AVX-512 BF16, torch 2.13 CPU build):
-* MKL's fp32 GEMM (what `F.linear` uses for fp32 on CPU) ran at about half the speed of
-  oneDNN's there (MKL takes its AVX2 path on AMD); `linear()` therefore routes inference-mode
-  CPU matmuls through oneDNN when the build has it, fused with the GELU when one follows.
-* bfloat16 attention over long sequences runs about twice as fast as two oneDNN bf16 matmuls
-  around a softmax as through the fused CPU flash kernel (which has no fast bf16 path without
-  AMX); `attention()` picks that route for CPU bf16 attention in inference mode. It rounds
-  the scores to bf16 (the flash kernel keeps them in fp32); end to end the model's bf16 error
-  stays below diffusers' (see docs/performance.md).
+Model code calls its `nn.Linear` / `nn.Conv*` modules like any PyTorch model (hooks, PEFT
+LoRA, quantization and offload see every call); CPU kernel choices (oneDNN inner products and
+convolutions) are installed from outside by `tubelet.kernels.apply_cpu_kernels`.
+
+CPU performance note (measured on a 2-core AMD EPYC with AVX-512 BF16, torch 2.13 CPU build):
+bfloat16 attention over long sequences runs about twice as fast as two oneDNN bf16 matmuls
+around a softmax as through the fused CPU flash kernel (which has no fast bf16 path without
+AMX); `attention()` picks that route for CPU bf16 attention in inference mode. It rounds
+the scores to bf16 (the flash kernel keeps them in fp32); end to end the model's bf16 error
+stays below diffusers' (see docs/performance.md).
 """
 
 from __future__ import annotations
@@ -131,40 +132,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Te
 
 
 # --------------------------------------------------------------------------------------------
-# Linear layers
+# MLP
 # --------------------------------------------------------------------------------------------
-
-_ONEDNN_LINEAR = (
-    getattr(torch.ops.mkldnn, "_linear_pointwise", None) if hasattr(torch.ops, "mkldnn") else None
-)
-
-
-def _use_onednn(x: Tensor, weight: Tensor) -> bool:
-    return (
-        _ONEDNN_LINEAR is not None
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16)
-        and weight.dtype == x.dtype
-        and x.ndim >= 2
-        and x.shape[-1] > 0
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-    )
-
-
-def linear(x: Tensor, layer: nn.Linear, gelu_tanh: bool = False) -> Tensor:
-    """`layer(x)`, optionally followed by tanh-approximated GELU, fastest available way.
-
-    On CPU in inference (no autograd) this uses oneDNN's fused inner product (+GELU); everywhere
-    else `F.linear` (+`F.gelu`). x: (..., in_features) -> (..., out_features).
-    """
-    if _use_onednn(x, layer.weight):
-        if gelu_tanh:
-            return _ONEDNN_LINEAR(x, layer.weight, layer.bias, "gelu", [], "tanh")
-        return _ONEDNN_LINEAR(x, layer.weight, layer.bias, "none", [], "")
-    y = F.linear(x, layer.weight, layer.bias)
-    return F.gelu(y, approximate="tanh") if gelu_tanh else y
 
 
 class MLP(nn.Module):
@@ -180,12 +149,13 @@ class MLP(nn.Module):
         self.fc1 = nn.Linear(in_features, hidden)
         self.fc2 = nn.Linear(hidden, out_features)
 
+    def act(self, h: Tensor) -> Tensor:
+        """The activation alone (a kernel plan may fuse it into `fc1`, see `tubelet.kernels`)."""
+        return F.gelu(h, approximate="tanh") if self.activation == "gelu_tanh" else F.silu(h)
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.activation == "gelu_tanh":
-            h = linear(x, self.fc1, gelu_tanh=True)
-        else:
-            h = F.silu(linear(x, self.fc1))
-        return linear(h, self.fc2)
+        """x: (..., in_features) -> (..., out_features)."""
+        return self.fc2(self.act(self.fc1(x)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Text encoders: prompts -> (B, L, D) context for the DiT's cross-attention, plus a mask.
 
-Both encoders share one interface, used by the generation pipeline and the trainer::
+Text encoders share one interface, used by the generation pipeline and the trainer::
 
     emb = encoder.encode(["a red ball", "一只猫"])   # TextEmbedding
     emb.context  # (B, L, D) float, zeros at padded positions
@@ -20,6 +20,9 @@ Both encoders share one interface, used by the generation pipeline and the train
     Wan's convention: umT5-XXL, tokenise with padding to `max_length` (512) and truncation, run
     the encoder with the attention mask, then zero every position past each text's true length.
 
+Other encoders (a recipe's, e.g. one that parses a closed prompt grammar) register their class
+and presets with `tubelet.registry`; `load_text_encoder` and `build_text_encoder` find them there.
+
 Directory layouts (`load_text_encoder(dir)` picks the class from `config.json`'s `_class`)::
 
     byte encoder dir/                   HF encoder dir/
@@ -34,6 +37,7 @@ Directory layouts (`load_text_encoder(dir)` picks the class from `config.json`'s
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
@@ -47,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tubelet import registry
+from tubelet.config import config_from_dict
 from tubelet.errors import ConfigError, ModelLoadError, TubeletError
 from tubelet.models.hub import CONFIG_NAME, PretrainedMixin, read_config_json
 from tubelet.models.layers import RMSNorm
@@ -56,11 +62,16 @@ __all__ = [
     "BYTE_TEXT_PRESETS",
     "NUM_SPECIAL_TOKENS",
     "PAD_ID",
+    "TEXT_ENCODER_CLASSES",
+    "TEXT_ENCODER_PRESETS",
     "ByteTextConfig",
     "ByteTextEncoder",
     "HFTextEncoder",
+    "TextBlock",
     "TextEmbedding",
     "TextEncodingError",
+    "build_text_encoder",
+    "jointly_trainable",
     "load_text_encoder",
 ]
 
@@ -146,10 +157,14 @@ def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out.to(x.dtype)
 
 
-class _ByteBlock(nn.Module):
-    """Pre-norm transformer block: masked bidirectional self-attention + GELU MLP."""
+class TextBlock(nn.Module):
+    """Pre-norm transformer block: masked bidirectional self-attention + GELU MLP.
 
-    def __init__(self, cfg: ByteTextConfig) -> None:
+    `cfg` needs `dim`, `num_heads`, `ffn_dim` and `eps` (a `ByteTextConfig` or another encoder's
+    config); `forward(x (B, L, D), cos, sin, attn_mask (B, 1, 1, L))` with cos/sin None: no positions.
+    """
+
+    def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.num_heads = cfg.num_heads
         self.attn_norm = RMSNorm(cfg.dim, cfg.eps)
@@ -179,7 +194,7 @@ def check_texts(texts: object) -> None:
 
 
 def init_blocks(blocks: nn.ModuleList, std: float = 0.02) -> None:
-    """GPT-2 style init of `_ByteBlock`s: N(0, std), output projections scaled by 1/sqrt(2 * layers)."""
+    """GPT-2 style init of `TextBlock`s: N(0, std), output projections scaled by 1/sqrt(2 * layers)."""
     out_std = std / math.sqrt(2 * max(1, len(blocks)))
     for blk in blocks:
         nn.init.normal_(blk.qkv.weight, std=std)
@@ -192,12 +207,13 @@ class ByteTextEncoder(nn.Module, PretrainedMixin):
     """Byte-level bidirectional transformer text encoder (no tokenizer files)."""
 
     config_class: ClassVar[type] = ByteTextConfig
+    jointly_trainable: ClassVar[bool] = True  # the trainer trains it with the DiT (ids in, context out)
 
     def __init__(self, config: ByteTextConfig) -> None:
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(VOCAB_SIZE, config.dim)
-        self.blocks = nn.ModuleList([_ByteBlock(config) for _ in range(config.num_layers)])
+        self.blocks = nn.ModuleList([TextBlock(config) for _ in range(config.num_layers)])
         self.norm = RMSNorm(config.dim, config.eps)
         self._init_weights()
 
@@ -492,21 +508,68 @@ class HFTextEncoder(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+# Text-encoder classes by the `_class` name a directory's config.json holds, and named configs of
+# the encoders that can be built fresh (trained with the DiT). Recipes add theirs through
+# `tubelet.registry` (kinds "text_encoder_class" and "text_encoder_preset").
+TEXT_ENCODER_CLASSES: dict[str, type] = {"ByteTextEncoder": ByteTextEncoder, "HFTextEncoder": HFTextEncoder}
+TEXT_ENCODER_PRESETS: dict[str, Any] = dict(BYTE_TEXT_PRESETS)
+
+
+def jointly_trainable(encoder: nn.Module) -> bool:
+    """Whether `encoder` can be trained with the DiT: `tokenize` gives ids and `forward(ids, mask)`
+    the context (a class attribute `jointly_trainable = True`; frozen encoders like HF T5 lack it)."""
+    return bool(getattr(encoder, "jointly_trainable", False))
+
+
+def _class_of_config(config: Any, where: str) -> type:
+    for name in registry.names("text_encoder_class"):
+        cls = TEXT_ENCODER_CLASSES[name]
+        if getattr(cls, "config_class", None) is type(config):
+            return cls
+    raise ConfigError(f"{where}: no registered text encoder is configured by a {type(config).__name__}")
+
+
+def build_text_encoder(spec: Any, where: str = "text_encoder") -> nn.Module:
+    """A new (randomly initialised) text encoder from a preset name, a config mapping or a config.
+
+    A mapping's `_class` names the encoder class (default `ByteTextEncoder`); the other keys are
+    its config's fields. Unknown presets or classes raise `ConfigError` listing what is available
+    (the installed recipes' included).
+    """
+    if isinstance(spec, str):
+        config = dataclasses.replace(registry.lookup("text_encoder_preset", spec))
+    elif isinstance(spec, dict):
+        fields = dict(spec)
+        name = fields.pop("_class", "ByteTextEncoder")
+        cls = registry.find("text_encoder_class", name) if isinstance(name, str) else None
+        if cls is None or not hasattr(cls, "config_class"):
+            buildable = [
+                n
+                for n in registry.names("text_encoder_class")
+                if hasattr(TEXT_ENCODER_CLASSES[n], "config_class")
+            ]
+            raise ConfigError(
+                f"{where}: _class {name!r} is not a text encoder built from a config; valid: {sorted(buildable)}"
+            )
+        config = config_from_dict(cls.config_class, fields, where=where)
+    elif dataclasses.is_dataclass(spec) and not isinstance(spec, type):
+        config = spec
+    else:
+        raise ConfigError(f"{where}: expected a preset name, a mapping or a config, got {spec!r}")
+    return _class_of_config(config, where)(config)
+
+
 def load_text_encoder(
     directory: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> nn.Module:
-    """Load whichever text encoder `directory/config.json` names in `_class`."""
+    """Load whichever text encoder `directory/config.json` names in `_class` (a registered class)."""
     raw = read_config_json(directory)
     name = raw.get("_class")
-    from tubelet.models.shapes_text import ShapesTextEncoder
-
-    classes: dict[str, Any] = {
-        "ByteTextEncoder": ByteTextEncoder,
-        "HFTextEncoder": HFTextEncoder,
-        "ShapesTextEncoder": ShapesTextEncoder,
-    }
-    if name not in classes:
+    cls = registry.find("text_encoder_class", name) if isinstance(name, str) else None
+    if cls is None:
         raise ModelLoadError(
-            f"{Path(directory) / CONFIG_NAME}: _class is {name!r}; a text encoder directory holds one of {sorted(classes)}"
+            f"{Path(directory) / CONFIG_NAME}: _class is {name!r}; a text encoder directory holds one of "
+            f"{sorted(registry.names('text_encoder_class'))} (a recipe's class is found once its package is "
+            "installed: pip install -e .)"
         )
-    return classes[name].from_pretrained(directory, device=device, dtype=dtype)
+    return cls.from_pretrained(directory, device=device, dtype=dtype)

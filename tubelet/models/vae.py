@@ -34,7 +34,6 @@ from tubelet.models.vae_layers import (
     MidBlock,
     ResBlock,
     Upsample,
-    conv,
 )
 
 __all__ = ["VAE_PRESETS", "CausalCache", "CausalVideoVAE", "VAEConfig", "gaussian_kl"]
@@ -324,14 +323,14 @@ class CausalVideoVAE(nn.Module, PretrainedMixin):
             what = f"1 + {tf}m frames (clip start)" if start else f"{tf}m frames, m >= 1 (continuing a clip)"
             raise ValueError(f"encode_chunk expected a chunk of {what}, got {frames} frames")
         self._check_video_size(1, *chunk.shape[3:])
-        return conv(self.encoder(chunk, cache), self.quant_conv)
+        return self.quant_conv(self.encoder(chunk, cache))
 
     def _moments(self, video: Tensor, chunked: bool) -> Tensor:
         self._check_video(video)
         # Spatial tiling plugs in here: split H/W into overlapping tiles, run the loop below
         # per tile (one CausalCache each), and blend the overlaps of the resulting moments.
         if not chunked:
-            return conv(self.encoder(video), self.quant_conv)
+            return self.quant_conv(self.encoder(video))
         tf = self.temporal_factor
         cache = CausalCache()
         out = [self.encode_chunk(video[:, :, :1], cache)]
@@ -357,7 +356,7 @@ class CausalVideoVAE(nn.Module, PretrainedMixin):
         """Streaming decode: latent frames (B, z_dim, t, h, w) continuing the clip held in `cache`
         (fresh cache = clip start) -> video frames (B, 3, 1 + 4(t-1) at the start else 4t, H, W)."""
         self._check_latents(z_chunk)
-        return self.decoder(conv(z_chunk, self.post_quant_conv), cache)
+        return self.decoder(self.post_quant_conv(z_chunk), cache)
 
     def decode(self, z: Tensor, *, chunked: bool = True) -> Tensor:
         """Latents (B, z_dim, 1 + k, h, w), not normalised -> video (B, 3, 1 + 4k, 8h, 8w), nominally
@@ -365,7 +364,7 @@ class CausalVideoVAE(nn.Module, PretrainedMixin):
         self._check_latents(z)
         # Spatial tiling plugs in here (see `_moments`).
         if not chunked:
-            return self.decoder(conv(z, self.post_quant_conv))
+            return self.decoder(self.post_quant_conv(z))
         cache = CausalCache()
         out = [self.decode_chunk(z[:, :, i : i + 1], cache) for i in range(z.shape[2])]
         return torch.cat(out, dim=2)

@@ -73,25 +73,6 @@ class CausalCache:
         return sum(t.numel() * t.element_size() for t in self._tails.values())
 
 
-def conv(x: Tensor, layer: nn.Conv2d | nn.Conv3d) -> Tensor:
-    """Apply conv `layer` to `x` (same result as `layer(x)`).
-
-    On CPU in float32 this calls oneDNN directly: PyTorch's dispatcher sends small batch-1
-    inputs (our frame-by-frame chunks) to a naive kernel that is up to ~50x slower."""
-    pad = tuple(layer.padding)  # type: ignore[arg-type]
-    if (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-    ):
-        return torch.mkldnn_convolution(
-            x, layer.weight, layer.bias, pad, layer.stride, layer.dilation, layer.groups
-        )
-    fn = F.conv3d if x.ndim == 5 else F.conv2d
-    return fn(x, layer.weight, layer.bias, layer.stride, pad, layer.dilation, layer.groups)
-
-
 def _frames_to_images(x: Tensor) -> Tensor:
     """(B, C, T, H, W) -> (B*T, C, H, W)."""
     b, c, t, h, w = x.shape
@@ -120,7 +101,7 @@ class CausalConv3d(nn.Conv3d):
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:  # (B, C, T, H, W)
         """Convolve `x`; with a cache, the previous chunk's last frames stand in for the padding."""
         if self.tail == 0:
-            return conv(x, self)
+            return self._conv_forward(x, self.weight, self.bias)
         past = cache.get(self) if cache is not None else None
         if cache is None and x.shape[2] == 1 and torch.is_grad_enabled():
             # One frame and no past (training on single images): the zero past frames add nothing,
@@ -136,7 +117,7 @@ class CausalConv3d(nn.Conv3d):
         if cache is not None:
             # clone: a view would keep the whole chunk alive.
             cache.set(self, x[:, :, -self.tail :].clone())
-        return conv(x, self)
+        return self._conv_forward(x, self.weight, self.bias)
 
 
 class ChannelRMSNorm(nn.Module):
@@ -219,7 +200,7 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:  # (B, C, T, H, W)
         b = x.shape[0]
-        x = conv(F.pad(_frames_to_images(x), (0, 1, 0, 1)), self.conv)
+        x = self.conv(F.pad(_frames_to_images(x), (0, 1, 0, 1)))
         x = _images_to_frames(x, b)  # (B, C, T, H/2, W/2)
         if self.time_conv is None:
             return x
@@ -229,11 +210,11 @@ class Downsample(nn.Module):
                 raise ValueError(
                     f"temporal downsampling expects 1 + 2m frames at the start, got {x.shape[2]}"
                 )
-            out = x[:, :, :1] if x.shape[2] == 1 else torch.cat([x[:, :, :1], conv(x, self.time_conv)], dim=2)
+            out = x[:, :, :1] if x.shape[2] == 1 else torch.cat([x[:, :, :1], self.time_conv(x)], dim=2)
         else:  # continuation (2m frames): the previous chunk's last frame opens the first window
             if x.shape[2] % 2 != 0:
                 raise ValueError(f"temporal downsampling expects an even number of frames, got {x.shape[2]}")
-            out = conv(torch.cat([past, x], dim=2), self.time_conv)
+            out = self.time_conv(torch.cat([past, x], dim=2))
         if cache is not None:
             cache.set(self, x[:, :, -1:].clone())
         return out
@@ -268,4 +249,4 @@ class Upsample(nn.Module):
                 x = head if rest.shape[2] == 0 else torch.cat([head, self._double(rest, cache)], dim=2)
         b = x.shape[0]
         y = F.interpolate(_frames_to_images(x), scale_factor=2.0, mode="nearest")
-        return _images_to_frames(conv(y, self.conv), b)
+        return _images_to_frames(self.conv(y), b)

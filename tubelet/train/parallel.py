@@ -5,7 +5,8 @@ Nothing here is needed for a single process: ``init_distributed()`` then returns
 context and ``apply_parallelism`` returns the model unchanged.
 
 Order of wrappers (torchtitan's order, each optional):
-  1. activation checkpointing (a flag on the model: blocks call ``torch.utils.checkpoint``)
+  1. activation checkpointing per block (`apply_activation_checkpointing`: the block's class gets a
+     forward that runs under non-reentrant ``torch.utils.checkpoint``; names and state dicts unchanged)
   2. ``torch.compile`` per block (keeps graph breaks local and compile time short)
   3. FSDP2 ``fully_shard`` per transformer block, then on the root (so each block's
      parameters are gathered just in time and freed after), or DDP on the root.
@@ -17,10 +18,12 @@ import datetime
 import gc
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tubelet.devices import resolve_device
 
@@ -75,11 +78,48 @@ def shutdown_distributed(wait: bool = True) -> None:
 
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:
-    """The repeated transformer blocks of a model (the FSDP / compile units)."""
-    blocks = getattr(model, "blocks", None)
-    if isinstance(blocks, nn.ModuleList):
-        return list(blocks)
-    return []
+    """The repeated blocks a model declares (the checkpoint / compile / FSDP units).
+
+    A model lists the names of its `nn.ModuleList`s of repeated blocks in the class attribute
+    `repeated_blocks` (e.g. `VideoDiT.repeated_blocks = ("blocks",)`); a model without it has none.
+    """
+    out: list[nn.Module] = []
+    for name in getattr(model, "repeated_blocks", ()):
+        blocks = getattr(model, name)
+        if not isinstance(blocks, nn.ModuleList):
+            raise TypeError(f"{type(model).__name__}.{name} is declared in repeated_blocks but is not a ModuleList")
+        out.extend(blocks)
+    return out
+
+
+class _Checkpointed:
+    """Mixin: the module's forward runs under activation checkpointing while gradients are on."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        run = super().forward  # type: ignore[misc]
+        if torch.is_grad_enabled():
+            return checkpoint(run, *args, use_reentrant=False, **kwargs)
+        return run(*args, **kwargs)
+
+
+_CHECKPOINTED: dict[type, type] = {}
+
+
+def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
+    """Recompute each declared block's activations in the backward pass instead of storing them.
+
+    Applied from outside: each block's class is swapped for a subclass whose forward wraps the
+    original in `torch.utils.checkpoint` (parameter names, state dicts and hooks unchanged).
+    Idempotent; returns `model`.
+    """
+    for block in blocks_of(model):
+        cls = type(block)
+        if issubclass(cls, _Checkpointed):
+            continue
+        if cls not in _CHECKPOINTED:
+            _CHECKPOINTED[cls] = type(f"Checkpointed{cls.__name__}", (_Checkpointed, cls), {})
+        block.__class__ = _CHECKPOINTED[cls]
+    return model
 
 
 def apply_parallelism(
@@ -88,9 +128,11 @@ def apply_parallelism(
     *,
     mode: str = "none",
     compile: bool = False,
+    activation_checkpointing: bool = False,
     submodules: list[nn.Module] | None = None,
 ) -> nn.Module:
-    """Wrap `model` for training. `submodules` are the modules whose `.blocks` get sharded/compiled.
+    """Wrap `model` for training. `submodules` are the modules whose declared blocks get
+    checkpointed / compiled / sharded (default: `model` itself).
 
     mode: "none" (single process or replicated without sync: only valid with world size 1),
     "ddp" (replicated, gradients all-reduced) or "fsdp" (FSDP2 fully_shard per block + root).
@@ -100,6 +142,9 @@ def apply_parallelism(
     if info.distributed and mode == "none":
         mode = "ddp"
     targets = submodules if submodules is not None else [model]
+    if activation_checkpointing:
+        for sub in targets:
+            apply_activation_checkpointing(sub)
     if compile:
         for sub in targets:
             for block in blocks_of(sub):

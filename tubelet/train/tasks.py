@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from tubelet.diffusion.cond import Cond
 from tubelet.errors import ConfigError
+from tubelet.kernels import apply_cpu_kernels
 from tubelet.train.config import TrainConfig
 
 
@@ -53,10 +55,10 @@ def init_weights(module: nn.Module, path: Path) -> None:
 
 
 class TextToVideoModel(nn.Module):
-    """The trainable part of a text-to-video model: DiT (+ the byte text encoder when trained jointly).
+    """The trainable part of a text-to-video model: the DiT (+ a text encoder trained jointly).
 
-    forward(x, t, context, context_mask): when `text` is set, `context` holds token ids (B, L) and
-    `context_mask` their mask; otherwise `context` is already encoded text (B, L, D).
+    forward(x, t, cond): a `Cond` with `text_ids` (B, L) token ids is encoded by `text` first (the
+    DiT then gets a `Cond` with `context`); a `Cond` with `context` goes to the DiT unchanged.
     """
 
     def __init__(self, dit: nn.Module, text: nn.Module | None) -> None:
@@ -64,12 +66,13 @@ class TextToVideoModel(nn.Module):
         self.dit = dit
         self.text = text
 
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        if self.text is not None:
-            context = self.text(context, context_mask)  # (B, L) ids -> (B, L, D)
-        return self.dit(x, t, context, context_mask)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        if cond.text_ids is not None:
+            if self.text is None:
+                raise ValueError("Cond.text_ids given, but this model has no jointly trained text encoder")
+            context = self.text(cond.text_ids, cond.context_mask)  # (B, L) ids -> (B, L, D)
+            cond = cond.replace(context=context, text_ids=None)
+        return self.dit(x, t, cond)
 
 
 def latent_stats(vae: nn.Module | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -90,9 +93,9 @@ class DiTTask:
     name = "dit"
 
     def __init__(self, cfg: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1) -> None:
+        from tubelet import registry
         from tubelet.models.dit import DIT_PRESETS, DiTConfig, VideoDiT
-        from tubelet.models.shapes_text import SHAPES_TEXT_PRESETS, ShapesTextConfig, ShapesTextEncoder
-        from tubelet.models.text import BYTE_TEXT_PRESETS, ByteTextConfig, ByteTextEncoder, load_text_encoder
+        from tubelet.models.text import build_text_encoder, jointly_trainable, load_text_encoder
         from tubelet.models.vae import CausalVideoVAE
 
         self.cfg = cfg
@@ -102,37 +105,29 @@ class DiTTask:
         self.vae = None
         if cfg.vae_path:
             self.vae = CausalVideoVAE.from_pretrained(cfg.vae_path).to(device).eval().requires_grad_(False)
+            if device.type == "cpu":
+                apply_cpu_kernels(self.vae)
         channels = self.vae.config.z_dim if self.vae is not None else 3
-        # Text encoder: a byte-encoder config (trained jointly) or a pretrained dir (frozen).
+        # Text encoder: a preset or config mapping (a fresh encoder, trained jointly; `_class` picks
+        # the class, recipes' included) or a pretrained dir (frozen unless jointly trainable).
         te = cfg.text_encoder
         self.frozen_text = None
         self.text_dir: Path | None = None
-        if (
-            isinstance(te, str)
-            and te not in BYTE_TEXT_PRESETS
-            and te not in SHAPES_TEXT_PRESETS
-            and Path(te).exists()
-        ):
+        if isinstance(te, str) and registry.find("text_encoder_preset", te) is None:
+            if not Path(te).exists():
+                raise ConfigError(
+                    f"unknown text_encoder preset {te!r} (and no such directory); available: "
+                    f"{sorted(registry.names('text_encoder_preset'))}"
+                )
             self.text_dir = Path(te)
             enc = load_text_encoder(te)
-            if isinstance(enc, (ByteTextEncoder, ShapesTextEncoder)) and cfg.train_text_encoder:
+            if jointly_trainable(enc) and cfg.train_text_encoder:
                 text: nn.Module | None = enc
             else:
                 self.frozen_text = enc.to(device).eval().requires_grad_(False)
                 text = None
-        elif (isinstance(te, str) and te in SHAPES_TEXT_PRESETS) or (
-            isinstance(te, dict) and te.get("_class") == "ShapesTextEncoder"
-        ):
-            if isinstance(te, dict):
-                te = {k: v for k, v in te.items() if k != "_class"}
-            text = ShapesTextEncoder(_preset(te, SHAPES_TEXT_PRESETS, ShapesTextConfig, "text_encoder"))
         else:
-            if isinstance(te, str) and te not in BYTE_TEXT_PRESETS:
-                raise ConfigError(
-                    f"unknown text_encoder preset {te!r} (and no such directory); available: "
-                    f"{sorted(BYTE_TEXT_PRESETS) + sorted(SHAPES_TEXT_PRESETS)}"
-                )
-            text = ByteTextEncoder(_preset(te, BYTE_TEXT_PRESETS, ByteTextConfig, "text_encoder"))
+            text = build_text_encoder(te)
             if not cfg.train_text_encoder:
                 raise ConfigError("train_text_encoder: false needs text_encoder to be a pretrained directory")
         text_dim = text.dim if text is not None else self.frozen_text.dim  # type: ignore[union-attr]
@@ -145,7 +140,6 @@ class DiTTask:
                 f"{channels} channels and the text encoder width is {text_dim}"
             )
         dit = VideoDiT(dcfg)
-        dit.gradient_checkpointing = cfg.grad_checkpointing
         self.model = TextToVideoModel(dit, text)
         if cfg.init_from:
             self._init_from(Path(cfg.init_from))
@@ -223,15 +217,20 @@ class DiTTask:
             ctx, mask = self._cached_text(batch, captions)
         else:
             ctx, mask = self.encode_text(captions)
+        if self.model.text is not None:  # token ids: the wrapper encodes them (trained jointly)
+            cond = Cond(text_ids=ctx, context_mask=mask)
+        else:
+            cond = Cond(context=ctx, context_mask=mask)
+        if known.any():
+            cond = cond.replace(known_mask=known)
         loss, _ = flow_matching_loss(
-            wrapped, x0, ctx, mask, cfg=self.cfg.flow, known_frames=known if known.any() else None,
-            num_tokens=tokens, noise=noise, s=s,
-        )  # fmt: skip
+            wrapped, x0, cond, cfg=self.cfg.flow, num_tokens=tokens, noise=noise, s=s
+        )
         return loss, {"tokens": b * tokens, "samples": b}
 
     def pipeline(self, model: TextToVideoModel):
         """A generation pipeline around (EMA) weights in `model`, for samples and export."""
-        from tubelet.pipeline import PipelineConfig, TextToVideoPipeline
+        from tubelet.pipelines import PipelineConfig, TextToVideoPipeline
 
         text = model.text if model.text is not None else self.frozen_text
         bucket = max(self.cfg.data.buckets, key=lambda b: b.frames)
@@ -265,6 +264,16 @@ class DiTTask:
         return out
 
 
+def foreground_weights(video: torch.Tensor, weight: float, threshold: float = 0.1) -> torch.Tensor:
+    """(B, 1, F, H, W) loss weights: 1 + `weight` where a pixel differs from its clip's per-channel
+    median (the dominant colour) by more than `threshold` in any channel, else 1. For clips of small
+    objects on flat backgrounds, which a VAE otherwise learns long after the background."""
+    b, c = video.shape[:2]
+    median = video.float().reshape(b, c, -1).median(dim=2).values  # (B, C)
+    diff = (video.float() - median[:, :, None, None, None]).abs().amax(dim=1, keepdim=True)
+    return 1.0 + weight * (diff > threshold).float()
+
+
 class VAETask:
     """Causal video VAE training: L1 (or MSE) reconstruction + KL to N(0, I)."""
 
@@ -287,6 +296,8 @@ class VAETask:
             d = d / "vae" if (d / "vae").is_dir() else d
             init_weights(vae, d / "model.safetensors")
         self.model = vae.to(device)
+        if device.type == "cpu":  # oneDNN convolutions (the dispatcher's batch-1 path is far slower)
+            apply_cpu_kernels(self.model)
         self._fixed: torch.Tensor | None = None
 
     def submodules(self) -> list[nn.Module]:
@@ -304,8 +315,6 @@ class VAETask:
         diff = recon.float() - video
         err = diff.abs() if self.cfg.recon_loss == "l1" else diff.square()  # (B, 3, F, H, W)
         if self.cfg.recon_foreground_weight > 0:
-            from tubelet.diffusion.flow import foreground_weights
-
             w = foreground_weights(video, self.cfg.recon_foreground_weight)  # (B, 1, F, H, W)
             rec = ((err * w).flatten(1).sum(1) / (w.flatten(1).sum(1) * err.shape[1])).mean()
         else:

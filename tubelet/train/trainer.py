@@ -9,6 +9,10 @@ Why it looks the way it does:
   comes from one seeded `torch.Generator` that is checkpointed, plus the data position; so a
   run killed at any point and resumed ends with the same weights as an uninterrupted one
   (same world size, num_workers 0 or deterministic workers).
+- The data's per-sample choices (caption, start frame, replacement of an unreadable file) are
+  functions of (seed, epoch, sample index) (`tubelet.data.dataset.SampleKey`), never of a
+  process's RNG; with the global batch split in order over the ranks, N processes with batch B
+  train on exactly the samples of one process with batch N x B.
 - A non-finite loss or gradient skips the step on every rank (the decision is all-reduced) and
   is counted; `max_bad_steps` in a row stop the run with the last good checkpoint intact.
 - Checkpoints hold gathered full state dicts, so DDP, FSDP2 and single-process runs read each
@@ -150,9 +154,9 @@ class _CacheBatches:
 
         while True:
             if self._it is None:
-                self._it = iter(self.sampler)
+                self._it = self.sampler.keyed_batches()
             try:
-                return collate_latents([self.ds[i] for i in next(self._it)])
+                return collate_latents([self.ds[key] for key in next(self._it)])
             except StopIteration:
                 self._it = None
 
@@ -263,8 +267,9 @@ def train(
     # and the gathered weights, whatever the wrapper (DDP, FSDP2) did to `model`.
     eval_twin = copy.deepcopy(model).to("meta")
     wrapped = apply_parallelism(
-        model, info, mode=cfg.parallel, compile=cfg.compile, submodules=task.submodules()
-    )
+        model, info, mode=cfg.parallel, compile=cfg.compile,
+        activation_checkpointing=cfg.grad_checkpointing, submodules=task.submodules(),
+    )  # fmt: skip
     ema = EMA(wrapped, cfg.ema_decay) if cfg.ema_decay else None  # after sharding: same placements
     params = [p for p in wrapped.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -279,7 +284,9 @@ def train(
         eps=cfg.optim.eps,
     )
     batches, dataset = build_batches(cfg, Path(data_dir) if data_dir else None, info, progress)
-    torch.manual_seed(cfg.seed * 1_000_003 + info.rank)  # per-rank stream for data-side randomness
+    # A per-rank stream for whatever still draws from the global RNG (e.g. VAE dropout). The data's
+    # per-sample draws do not: they are functions of (seed, epoch, sample index), see SampleKey.
+    torch.manual_seed(cfg.seed * 1_000_003 + info.rank)
 
     step, bad_total = 0, 0
     last = ckpt.latest_checkpoint(run) if resume else None

@@ -29,19 +29,33 @@ Method (numpy / scipy / OpenCV only):
 
 "no_extra_objects" passes when the number of detected objects equals the number named (so an
 empty or garbage clip fails it too).
+
+`evaluate_folder` scores a folder of videos with captions; `evaluate_model` generates a prompt
+suite (`read_suite`: the engine's suite format, every prompt checked against the grammar) with a
+pipeline and scores the raw frames.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tubelet.data.shapes import BACKGROUNDS, COLORS, SIZES, PromptSpec, detect_language, parse_caption
 from tubelet.errors import CaptionError, DataError
+from tubelet.eval.suite import SuiteItem, generate_suite, generation_settings
+from tubelet.eval.suite import read_suite as _read_suite
+from tubelet.recipes.shapes.grammar import (
+    BACKGROUNDS,
+    COLORS,
+    SIZES,
+    PromptSpec,
+    detect_language,
+    parse_caption,
+)
 
 __all__ = [
     "ATTRIBUTES",
@@ -54,7 +68,9 @@ __all__ = [
     "detect_background",
     "detect_objects",
     "evaluate_folder",
+    "evaluate_model",
     "format_table",
+    "read_suite",
     "score_analysis",
     "score_clip",
 ]
@@ -553,3 +569,49 @@ def format_table(report: dict[str, Any]) -> str:
         f"{'whole prompt':<18}{whole:>8}{report['num_clips']:>8}{report['whole_prompt']:>10.3f}{per_lang}"
     )
     return "\n".join(lines)
+
+
+def read_suite(path: str | Path) -> list[SuiteItem]:
+    """A prompt suite (`tubelet.eval.suite.read_suite`) whose every prompt parses in the grammar."""
+    return _read_suite(path, check=parse_caption)
+
+
+def evaluate_model(
+    pipe: Any,
+    suite: str | Path | Sequence[SuiteItem],
+    *,
+    batch_size: int = 8,
+    videos_out: str | Path | None = None,
+    progress: bool = True,
+    **generate_kwargs: Any,
+) -> dict[str, Any]:
+    """Generate every suite prompt (its own seed, the model's default settings unless overridden by
+    `generate_kwargs`) and score it with the oracle.
+
+    Returns `aggregate` over all clips (per attribute, per language, whole prompt, every clip under
+    "clips" with its seed) plus "suite", "model" and "settings". With `videos_out`, clips are also
+    written there as ``{n:05d}.mp4`` with a ``captions.jsonl`` (`evaluate_folder` re-scores them).
+    """
+    source = str(suite) if isinstance(suite, (str, Path)) else None
+    items = read_suite(suite) if isinstance(suite, (str, Path)) else list(suite)
+    results: list[ClipResult] = []
+    settings: dict[str, Any] = {}
+    for done in generate_suite(
+        pipe, items, batch_size=batch_size, videos_out=videos_out, progress=progress, desc="oracle",
+        **generate_kwargs,
+    ):  # fmt: skip
+        res = score_clip(done.output.frames, done.item.prompt)
+        if done.item.lang is not None:
+            res.lang = done.item.lang
+        res.video = done.video
+        results.append(res)
+        settings = settings or generation_settings(done.output.metadata)
+    report = aggregate(results)
+    for clip_row, it in zip(report["clips"], items):
+        clip_row["seed"] = it.seed
+    report["suite"] = source
+    report["model"] = settings.get("model")
+    report["settings"] = settings
+    if videos_out is not None:
+        report["videos"] = str(videos_out)
+    return report

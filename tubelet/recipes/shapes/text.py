@@ -3,7 +3,7 @@
 The text encoder of the embedded default model. The shapes world's language is closed (a grammar of
 colours, shapes, sizes, motions and backgrounds, in English and Chinese, with paraphrases; see
 docs/shapes-world.md), so instead of learning to read bytes this encoder parses each prompt with the
-world's own parser (`tubelet.data.shapes.parse_caption`) and embeds what it found:
+world's own parser (`tubelet.recipes.shapes.grammar.parse_caption`) and embeds what it found:
 
     slot 0    the scene: the named background, `<unnamed>` when the prompt names none,
               or `<null>` for the empty prompt "" (the unconditional prompt of guidance)
@@ -12,7 +12,7 @@ world's own parser (`tubelet.data.shapes.parse_caption`) and embeds what it foun
 A slot's vector is the sum of the embeddings of its attributes plus a slot-type embedding (scene or
 object), followed by `num_layers` pre-norm self-attention blocks over the slots (no positions: the
 objects are a set) and a final RMSNorm. Two properties follow by construction, and are why the
-default model uses it (measured in docs/model-card.md): every attribute of an object arrives in that
+default model uses it (measured in docs/experiments/shapes-default-model.md): every attribute of an object arrives in that
 object's own token, so the denoiser does not have to learn which words belong together; and an
 English prompt and its Chinese translation give identical ids, hence identical videos.
 
@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from tubelet.errors import CaptionError, ConfigError
 from tubelet.models.hub import PretrainedMixin
 from tubelet.models.layers import RMSNorm
-from tubelet.models.text import TextEmbedding, TextEncodingError, _ByteBlock, check_texts, init_blocks
+from tubelet.models.text import TextBlock, TextEmbedding, TextEncodingError, check_texts, init_blocks
+from tubelet.recipes.shapes.grammar import BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, parse_caption
 
 __all__ = ["SHAPES_TEXT_PRESETS", "ShapesTextConfig", "ShapesTextEncoder", "shapes_vocab"]
 
@@ -47,8 +48,6 @@ PAD, NULL, UNNAMED = "<pad>", "<null>", "<unnamed>"
 
 def shapes_vocab() -> list[str]:
     """The attribute vocabulary: specials, then `kind:value` for every value of the shapes world."""
-    from tubelet.data.shapes import BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES
-
     words = [PAD, NULL, UNNAMED]
     words += [f"color:{c}" for c in COLORS] + [f"shape:{s}" for s in SHAPES]
     words += [f"size:{s}" for s in SIZES] + [f"motion:{m}" for m in MOTIONS]
@@ -87,6 +86,7 @@ class ShapesTextEncoder(nn.Module, PretrainedMixin):
     """Parsed shapes-world prompts -> (B, S, D) slot tokens (see the module docstring)."""
 
     config_class: ClassVar[type] = ShapesTextConfig
+    jointly_trainable: ClassVar[bool] = True  # the trainer trains it with the DiT (ids in, context out)
 
     def __init__(self, config: ShapesTextConfig) -> None:
         super().__init__()
@@ -95,7 +95,7 @@ class ShapesTextEncoder(nn.Module, PretrainedMixin):
         self.index = {w: i for i, w in enumerate(self.vocab)}
         self.embed = nn.Embedding(len(self.vocab), config.dim, padding_idx=0)
         self.slot_type = nn.Embedding(2, config.dim)  # 0 = scene, 1 = object
-        self.blocks = nn.ModuleList([_ByteBlock(config) for _ in range(config.num_layers)])  # type: ignore[arg-type]
+        self.blocks = nn.ModuleList([TextBlock(config) for _ in range(config.num_layers)])
         self.norm = RMSNorm(config.dim, config.eps)
         self._init_weights()
 
@@ -119,8 +119,6 @@ class ShapesTextEncoder(nn.Module, PretrainedMixin):
     # ---- tokenisation ----------------------------------------------------------------------
 
     def _slots(self, i: int, text: str) -> list[list[int]]:
-        from tubelet.data.shapes import parse_caption
-
         if not isinstance(text, str):
             raise TextEncodingError(f"text {i} is a {type(text).__name__}, not a string")
         if not text.strip():

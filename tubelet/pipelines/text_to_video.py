@@ -1,22 +1,15 @@
-"""Text-to-video generation: prompt -> text encoder -> flow sampler over DiT -> VAE decode -> frames.
+"""`TextToVideoPipeline`: prompt -> text encoder -> flow sampler over the DiT -> latent codec -> frames.
 
-    from tubelet import TextToVideoPipeline
-    pipe = TextToVideoPipeline.from_pretrained()          # the embedded default, or a model directory
-    out = pipe("a red circle moving right", seed=0)
+    from tubelet.pipelines import GenerationRequest, load_pipeline
+    pipe = load_pipeline()                                 # the embedded default, or a model directory
+    out = pipe.generate(GenerationRequest("a red circle moving right", seed=0))
+    out = pipe("a red circle moving right", seed=0)        # the same, as keywords
     out.frames   # numpy uint8 (T, H, W, 3)
     out.save("clip.mp4")                                   # mp4 + sidecar json with every setting
 
-A pipeline directory holds one subfolder per component plus its own `config.json`
-(`PipelineConfig`: default size, frames, fps, steps, guidance, sampler, shift, latent mean/std)::
-
-    transformer/   VideoDiT            config.json + model.safetensors
-    text_encoder/  ByteTextEncoder or HFTextEncoder (see tubelet.models.text)
-    vae/           CausalVideoVAE      (absent for a pixel-space model)
-    config.json    {"_class": "TextToVideoPipeline", ...}
-
 Conditioning (the tasks of Sora's report) all goes through ONE mechanism, the one the model is trained
-with (`tubelet.diffusion.flow`): some latent frames are *known*; the sampler feeds them clean with
-noise level 0 and keeps them exactly, and the model fills in the rest::
+with (`tubelet.diffusion.flow`): some latent frames are *known* (`Cond.known` / `Cond.known_mask`);
+the sampler feeds them clean with noise level 0 and keeps them exactly, and the model fills in the rest::
 
     pipe.image_to_video(p, image)                  latent 0 = encode(image as a 1-frame clip)
     pipe.image_to_video(p, image, last_image=b)    ... and the last latent = still encoding of b
@@ -37,19 +30,15 @@ This is an approximation (the generated past differs), used for the last image, 
 the head of the second clip of `connect`, and the closing frame of `loop`. The known latents are kept
 exactly; the decoded pixels of known frames reproduce the input up to the VAE's reconstruction error.
 
-Inputs of another size are center-cropped to the output's aspect ratio and resized, exactly like the
-training data (`tubelet.data.dataset.frames_to_tensor`); clips of another frame rate are resampled by
-timestamps to the model's fps. Each such change is reported once through
-`TextToVideoPipeline.on_note` (default: a logging warning) and listed under "notes" in the result's
+Inputs are fitted to the output (`tubelet.pipelines.inputs`); each adjustment is reported once per
+call to the call's `on_note` (default: a logging warning) and listed under "notes" in the result's
 metadata, together with the task, the inputs (source, size, fps, frames at the model's fps), the
-known latent frames and which output frames are new.
+known latent frames and which output frames are new. The pipeline holds no per-call state.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import math
 import os
 import shutil
 from collections.abc import Callable
@@ -62,17 +51,12 @@ import torch
 from torch import nn
 
 from tubelet.config import config_from_dict, config_to_dict
-from tubelet.errors import ConfigError, ModelLoadError, TubeletError
-from tubelet.models.hub import read_config_json
-
-DEFAULT_MODEL_NAME = "shapes-t2v"
-
-logger = logging.getLogger(__name__)
-
-
-def default_model_dir() -> Path:
-    """Where the embedded default model lives inside the package."""
-    return Path(__file__).parent / "assets" / DEFAULT_MODEL_NAME
+from tubelet.diffusion.cond import Cond
+from tubelet.errors import TubeletError
+from tubelet.models.codec import LatentCodec
+from tubelet.pipelines.inputs import Notes, load_clip, load_image, to_pixels
+from tubelet.pipelines.loading import default_model_dir
+from tubelet.pipelines.request import GenerationRequest
 
 
 @dataclass
@@ -116,34 +100,6 @@ class VideoResult:
         return write_video(path, self.frames, self.fps, metadata=self.metadata)
 
 
-# ----------------------------------------------------------------------------------------------- #
-# Input frames: size and frame rate
-# ----------------------------------------------------------------------------------------------- #
-
-
-def _check_uint8_frames(frames: Any, what: str) -> np.ndarray:
-    arr = np.asarray(frames)
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or 0 in arr.shape:
-        raise TubeletError(
-            f"{what}: expected uint8 RGB frames (T, H, W, 3) with T, H, W >= 1, got {arr.dtype} {arr.shape}"
-        )
-    return arr
-
-
-def resample_frames(frames: np.ndarray, src_fps: float, dst_fps: float) -> np.ndarray:
-    """Resample frames (T, ...) shown at `src_fps` to `dst_fps` by timestamps.
-
-    Output frame j is the source frame on screen at time j / dst_fps (frames are dropped or repeated);
-    the output covers the same duration, T / src_fps seconds.
-    """
-    if not (src_fps > 0 and dst_fps > 0):
-        raise TubeletError(f"frame rates must be > 0, got {src_fps} and {dst_fps}")
-    t = frames.shape[0]
-    n = max(1, math.ceil(t * dst_fps / src_fps - 1e-9))
-    idx = np.minimum(np.floor(np.arange(n) * src_fps / dst_fps + 1e-9).astype(np.int64), t - 1)
-    return frames[idx]
-
-
 class _Progress:
     """One tqdm bar over all sampling passes of a call (`passes` passes of equal length)."""
 
@@ -184,6 +140,7 @@ class _Job:
     sampler: str
     seed: int | list[int] | None
     generators: list[torch.Generator]  # one shared by the batch, or one per prompt
+    on_note: Callable[[str], None] | None = None  # where input adjustments are reported
     text: tuple[Any, ...] | None = None  # encoded prompts, cached between passes
 
 
@@ -209,10 +166,10 @@ class TextToVideoPipeline:
         self.text_encoder = text_encoder.eval()
         self.vae = vae.eval() if vae is not None else None
         self.config = config or PipelineConfig()
+        # The one place that knows the latent normalisation (the pipeline config may override the VAE's).
+        self.codec = LatentCodec(self.vae, mean=self.config.latents_mean, std=self.config.latents_std)
         self.compute_dtype = compute_dtype
         self.source = ""
-        # Called once per adjusted input (resize, frame-rate change, trimming); None: a logging warning.
-        self.on_note: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -223,40 +180,12 @@ class TextToVideoPipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
     ) -> TextToVideoPipeline:
-        """Load a pipeline directory (default: the model embedded in the package)."""
-        from tubelet.models.dit import VideoDiT
-        from tubelet.models.text import load_text_encoder
-        from tubelet.models.vae import CausalVideoVAE
+        """Load a pipeline directory (default: the model embedded in the package); see `load_pipeline`."""
+        from tubelet.pipelines.loading import load_components
 
-        d = Path(directory) if directory is not None else default_model_dir()
-        if directory is None and not (d / "config.json").is_file():
-            raise ModelLoadError(
-                f"the embedded default model is missing ({d}); reinstall tubelet or pass a model directory"
-            )
-        raw = read_config_json(d)
-        kind = raw.pop("_class", "TextToVideoPipeline")
-        if kind != "TextToVideoPipeline":
-            raise ModelLoadError(
-                f"{d}: holds a {kind}, not a pipeline (expected transformer/, text_encoder/, vae/)"
-            )
-        for sub in ("transformer", "text_encoder"):
-            if not (d / sub).is_dir():
-                raise ModelLoadError(f"{d}: missing the {sub}/ folder of a pipeline directory")
-        try:
-            cfg = config_from_dict(PipelineConfig, raw, where=str(d / "config.json"))
-        except ConfigError as e:
-            raise ModelLoadError(str(e)) from None
-        transformer = VideoDiT.from_pretrained(d / "transformer", device=device)
-        text = load_text_encoder(d / "text_encoder", device=device)
-        vae = CausalVideoVAE.from_pretrained(d / "vae", device=device) if (d / "vae").is_dir() else None
-        for module in (transformer, text, vae):
-            # float16 is a storage format here (the embedded model ships that way): CPUs compute it
-            # slowly or not at all, so such weights are widened to float32 (`dtype` sets the compute).
-            if module is not None and torch.device(device).type == "cpu":
-                if any(p.dtype == torch.float16 for p in module.parameters()):
-                    module.float()
+        transformer, text, vae, cfg = load_components(directory, device=device)
         pipe = cls(transformer, text, vae, cfg, compute_dtype=dtype)
-        pipe.source = str(d)
+        pipe.source = str(directory) if directory is not None else str(default_model_dir())
         return pipe
 
     def save_pretrained(self, directory: str | Path, *, text_encoder_dir: str | Path | None = None) -> Path:
@@ -283,18 +212,6 @@ class TextToVideoPipeline:
     @property
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
-
-    def _latent_stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        mean, std = self.config.latents_mean, self.config.latents_std
-        if (mean is None or std is None) and self.vae is not None:
-            mean, std = self.vae.config.latents_mean, self.vae.config.latents_std
-        if mean is None or std is None:
-            return None
-        dev = self.device
-        return (
-            torch.tensor(mean, device=dev).view(1, -1, 1, 1, 1),
-            torch.tensor(std, device=dev).view(1, -1, 1, 1, 1),
-        )
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(C, F', H', W') of the latents for a clip, with clear errors for sizes the model can't make."""
@@ -325,19 +242,11 @@ class TextToVideoPipeline:
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Normalised latents -> video (B, 3, F, H, W) in [-1, 1]."""
-        stats = self._latent_stats()
-        if stats is not None:
-            z = z * stats[1] + stats[0]
-        video = self.vae.decode(z.float()) if self.vae is not None else z.float()
-        return video.clamp(-1, 1)
+        return self.codec.decode(z).clamp(-1, 1)
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """Video (B, 3, F, H, W) in [-1, 1] -> normalised latents."""
-        z = self.vae.encode(video.to(self.device).float()) if self.vae is not None else video.float()
-        stats = self._latent_stats()
-        if stats is not None:
-            z = (z - stats[0]) / stats[1]
-        return z
+        return self.codec.encode(video.to(self.device))
 
     def shift_for(self, num_tokens: int) -> float:
         if self.config.shift is not None:
@@ -362,8 +271,9 @@ class TextToVideoPipeline:
         seed: int | list[int] | None = None,
         generator: torch.Generator | None = None,
         sampler: str | None = None,
-        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
         progress: bool = True,
+        on_note: Callable[[str], None] | None = None,
         known_latents: torch.Tensor | None = None,
         known_mask: torch.Tensor | None = None,
         start_latents: torch.Tensor | None = None,
@@ -380,7 +290,7 @@ class TextToVideoPipeline:
         """
         job = self._job(
             prompt, negative_prompt, num_frames, height, width, num_inference_steps, guidance_scale,
-            seed, generator, sampler,
+            seed, generator, sampler, on_note,
         )  # fmt: skip
         shape = self.latent_shape(job.num_frames, job.height, job.width)
         b = len(job.prompts)
@@ -403,6 +313,60 @@ class TextToVideoPipeline:
             strength=1.0 if strength is None else strength, callback=callback, progress=progress,
         )  # fmt: skip
 
+    # ------------------------------------------------------------------ requests
+    @torch.no_grad()
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+        progress: bool = True,
+        on_note: Callable[[str], None] | None = None,
+    ) -> VideoResult:
+        """Run one `GenerationRequest` (validated first, before any work); returns its clip.
+
+        The result's metadata holds the request under "request". callback(step, num_steps, x,
+        denoised) is called after every sampling step (`denoised`: the clean-latent estimate, e.g.
+        for a live preview through `decode`); on_note receives each input adjustment once.
+        """
+        request.validate()
+        r = request
+        kw: dict[str, Any] = {
+            "seed": r.seed,
+            "num_frames": r.num_frames,
+            "height": r.height,
+            "width": r.width,
+            "num_inference_steps": r.num_inference_steps,
+            "guidance_scale": r.guidance_scale,
+            "negative_prompt": r.negative_prompt,
+            "sampler": r.sampler,
+            "callback": callback,
+            "progress": progress,
+            "on_note": on_note,
+        }
+        if r.seed is None:  # the request in the metadata names the seed that made the clip
+            kw["seed"] = r.seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        meta = {"request": r.to_dict()}
+        if r.task == "i2v":
+            result = self.image_to_video(r.prompt, r.image, last_image=r.last_image, extra_metadata=meta, **kw)
+        elif r.task == "extend":
+            result = self.extend(
+                r.prompt, r.video, backward=r.backward, context_latents=r.context_latents, extra_metadata=meta, **kw
+            )
+        elif r.task == "loop":
+            result = self.loop(r.prompt, extra_metadata=meta, **kw)
+        elif r.task == "connect":
+            result = self.connect(
+                r.prompt, r.video, r.video_b, context_latents=r.context_latents, extra_metadata=meta, **kw
+            )
+        elif r.task == "edit":
+            strength = 0.6 if r.strength is None else float(r.strength)
+            result = self.edit(r.prompt, r.video, strength=strength, extra_metadata=meta, **kw)
+        else:
+            result = self(r.prompt, extra_metadata=meta, **kw)
+        assert isinstance(result, VideoResult)
+        return result
+
     # ------------------------------------------------------------------ conditioning tasks
     @torch.no_grad()
     def image_to_video(
@@ -424,6 +388,7 @@ class TextToVideoPipeline:
         alone gives a clip that ends on it.
         """
         callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
+        more = kwargs.pop("extra_metadata", None) or {}
         job = self._job(prompt, **kwargs)
         c, f, h, w = shape = self.latent_shape(job.num_frames, job.height, job.width)
         if image is None and last_image is None:
@@ -437,21 +402,21 @@ class TextToVideoPipeline:
                 f"got {job.num_frames}"
             )
         self._check_conditioning()
-        notes: list[str] = []
+        notes = Notes(job.on_note)
         inputs: dict[str, Any] = {}
         known = torch.zeros(1, c, f, h, w, device=self.device)
         mask = torch.zeros(1, f, dtype=torch.bool, device=self.device)
         if image is not None:
-            img, inputs["image"] = self._load_image(image, "image", job, notes)
-            known[:, :, :1] = self.encode_video(self._pixels(img[None], job.height, job.width))
+            img, inputs["image"] = load_image(image, "image", (job.height, job.width), notes)
+            known[:, :, :1] = self.encode_video(self._to_pixels(img[None], job.height, job.width))
             mask[:, 0] = True
         if last_image is not None:
-            img, inputs["last_image"] = self._load_image(last_image, "last_image", job, notes)
-            known[:, :, -1:] = self._encode_still(self._pixels(img[None], job.height, job.width))
+            img, inputs["last_image"] = load_image(last_image, "last_image", (job.height, job.width), notes)
+            known[:, :, -1:] = self._encode_still(self._to_pixels(img[None], job.height, job.width))
             mask[:, -1] = True
         extra = {"task": task, "inputs": inputs}
         return self._run(
-            job, shape, extra, known=known, mask=mask, notes=notes, callback=callback, progress=progress
+            job, shape, {**extra, **more}, known=known, mask=mask, notes=notes, callback=callback, progress=progress
         )
 
     @torch.no_grad()
@@ -475,6 +440,7 @@ class TextToVideoPipeline:
         = k, the known latent frames (default: half the output, at most what the input holds).
         """
         callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
+        more = kwargs.pop("extra_metadata", None) or {}
         job = self._job(prompt, **kwargs)
         c, f, h, w = shape = self.latent_shape(job.num_frames, job.height, job.width)
         task = "extend_backward" if backward else "extend_forward"
@@ -483,8 +449,8 @@ class TextToVideoPipeline:
                 f"{task} needs at least 2 latent frames: num_frames >= {self._video_frames(2)}, got {job.num_frames}"
             )
         self._check_conditioning()
-        notes: list[str] = []
-        clip, info = self._load_clip(video, "video", job, notes)
+        notes = Notes(job.on_note)
+        clip, info = load_clip(video, "video", self.config.fps, (job.height, job.width), notes)
         tf, n_in = self._tf, len(clip)
         avail = n_in // tf if backward else 1 + (n_in - 1) // tf
         k = self._context(context_latents, max(1, f // 2), f - 1, avail, info["source"], n_in, backward)
@@ -492,15 +458,15 @@ class TextToVideoPipeline:
         mask = torch.zeros(1, f, dtype=torch.bool, device=self.device)
         if backward:
             n = tf * k
-            known[:, :, f - k :] = self._encode_groups(self._pixels(clip[:n], job.height, job.width))
+            known[:, :, f - k :] = self._encode_groups(self._to_pixels(clip[:n], job.height, job.width))
             mask[:, f - k :] = True
         else:
             n = self._video_frames(k)
-            known[:, :, :k] = self.encode_video(self._pixels(clip[n_in - n :], job.height, job.width))
+            known[:, :, :k] = self.encode_video(self._to_pixels(clip[n_in - n :], job.height, job.width))
             mask[:, :k] = True
         extra = {"task": task, "inputs": {"video": info}, "context_latents": k, "context_frames": n}
         return self._run(
-            job, shape, extra, known=known, mask=mask, notes=notes, callback=callback, progress=progress
+            job, shape, {**extra, **more}, known=known, mask=mask, notes=notes, callback=callback, progress=progress
         )
 
     @torch.no_grad()
@@ -520,6 +486,7 @@ class TextToVideoPipeline:
         latent frame is generated). Inputs as for `extend`; needs num_frames >= 1 + 2 tf.
         """
         callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
+        more = kwargs.pop("extra_metadata", None) or {}
         job = self._job(prompt, **kwargs)
         c, f, h, w = shape = self.latent_shape(job.num_frames, job.height, job.width)
         if f < 3:
@@ -527,9 +494,9 @@ class TextToVideoPipeline:
                 f"connect needs at least 3 latent frames: num_frames >= {self._video_frames(3)}, got {job.num_frames}"
             )
         self._check_conditioning()
-        notes: list[str] = []
-        a, info_a = self._load_clip(video_a, "video_a", job, notes)
-        b, info_b = self._load_clip(video_b, "video_b", job, notes)
+        notes = Notes(job.on_note)
+        a, info_a = load_clip(video_a, "video_a", self.config.fps, (job.height, job.width), notes)
+        b, info_b = load_clip(video_b, "video_b", self.config.fps, (job.height, job.width), notes)
         tf, default, most = self._tf, max(1, (f - 1) // 3), (f - 1) // 2
         ka = self._context(
             context_latents, default, most, 1 + (len(a) - 1) // tf, info_a["source"], len(a), False
@@ -538,8 +505,8 @@ class TextToVideoPipeline:
         na, nb = self._video_frames(ka), tf * kb
         known = torch.zeros(1, c, f, h, w, device=self.device)
         mask = torch.zeros(1, f, dtype=torch.bool, device=self.device)
-        known[:, :, :ka] = self.encode_video(self._pixels(a[len(a) - na :], job.height, job.width))
-        known[:, :, f - kb :] = self._encode_groups(self._pixels(b[:nb], job.height, job.width))
+        known[:, :, :ka] = self.encode_video(self._to_pixels(a[len(a) - na :], job.height, job.width))
+        known[:, :, f - kb :] = self._encode_groups(self._to_pixels(b[:nb], job.height, job.width))
         mask[:, :ka] = True
         mask[:, f - kb :] = True
         extra = {
@@ -549,7 +516,7 @@ class TextToVideoPipeline:
             "context_frames": [na, nb],
         }
         return self._run(
-            job, shape, extra, known=known, mask=mask, notes=notes, callback=callback, progress=progress
+            job, shape, {**extra, **more}, known=known, mask=mask, notes=notes, callback=callback, progress=progress
         )
 
     @torch.no_grad()
@@ -564,6 +531,7 @@ class TextToVideoPipeline:
         right before the clip returns to its first frame. Twice the sampling cost of one clip.
         """
         callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
+        more = kwargs.pop("extra_metadata", None) or {}
         job = self._job(prompt, **kwargs)
         shape = self.latent_shape(job.num_frames, job.height, job.width)
         f = shape[1]
@@ -593,7 +561,7 @@ class TextToVideoPipeline:
             "new_frames": [[1, job.num_frames]],
             "closing_latent": f"latent frames {f}..{f + u - 1} (still encoding of frame 0) are sampled, not decoded",
         }
-        return self._finish(job, z, shift, extra, decode=z[:, :, :f])
+        return self._finish(job, z, shift, {**extra, **more}, decode=z[:, :, :f])
 
     @torch.no_grad()
     def edit(
@@ -607,13 +575,14 @@ class TextToVideoPipeline:
         num_frames defaults to the input's length rounded down to 1 + tf k frames.
         """
         callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
+        more = kwargs.pop("extra_metadata", None) or {}
         if not 0.0 <= float(strength) <= 1.0:
             raise TubeletError(f"edit strength must be in [0, 1], got {strength}")
         requested = kwargs.pop("num_frames", None)
         job = self._job(prompt, **kwargs)
         self._check_conditioning()
-        notes: list[str] = []
-        clip, info = self._load_clip(video, "video", job, notes)
+        notes = Notes(job.on_note)
+        clip, info = load_clip(video, "video", self.config.fps, (job.height, job.width), notes)
         n_in, tf = len(clip), self._tf
         if requested is None:
             job.num_frames = 1 + tf * ((n_in - 1) // tf)
@@ -625,8 +594,8 @@ class TextToVideoPipeline:
             job.num_frames = requested
         shape = self.latent_shape(job.num_frames, job.height, job.width)
         if job.num_frames < n_in:
-            self._note(notes, f"{info['source']}: editing its first {job.num_frames} of {n_in} frames")
-        start = self.encode_video(self._pixels(clip[: job.num_frames], job.height, job.width))
+            notes.add(f"{info['source']}: editing its first {job.num_frames} of {n_in} frames")
+        start = self.encode_video(self._to_pixels(clip[: job.num_frames], job.height, job.width))
         extra = {
             "task": "edit",
             "inputs": {"video": info},
@@ -634,7 +603,7 @@ class TextToVideoPipeline:
             "new_frames": [[0, job.num_frames]] if strength > 0 else [],
         }
         return self._run(
-            job, shape, extra, start=start, strength=float(strength), notes=notes, callback=callback,
+            job, shape, {**extra, **more}, start=start, strength=float(strength), notes=notes, callback=callback,
             progress=progress,
         )  # fmt: skip
 
@@ -651,6 +620,7 @@ class TextToVideoPipeline:
         seed: int | list[int] | None = None,
         generator: torch.Generator | None = None,
         sampler: str | None = None,
+        on_note: Callable[[str], None] | None = None,
     ) -> _Job:
         """Resolve a call's settings against the model's defaults, with clear errors."""
         from tubelet.diffusion.sampling import SAMPLERS
@@ -692,6 +662,7 @@ class TextToVideoPipeline:
             sampler=sampler_name,
             seed=seed,
             generators=gens,
+            on_note=on_note,
         )
 
     def _noise(self, job: _Job, shape: tuple[int, int, int, int]) -> torch.Tensor:
@@ -725,42 +696,37 @@ class TextToVideoPipeline:
         start: torch.Tensor | None = None,
         strength: float = 1.0,
         progress: _Progress,
-        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
     ) -> tuple[torch.Tensor, float]:
         """One sampling pass from `noise` (B, C, F', H', W'): returns (latents, shift used)."""
         from tubelet.diffusion.sampling import SAMPLERS, flow_schedule, make_velocity_fn, sdedit_start
 
         if job.text is None:
             ctx, cmask = self.encode_prompts(job.prompts)
-            u_ctx = u_mask = None
+            uncond = None
             if job.guidance != 1.0:
                 u_ctx, u_mask = self.encode_prompts([job.negative])
-            job.text = (ctx, cmask, u_ctx, u_mask)
-        ctx, cmask, u_ctx, u_mask = job.text
+                uncond = Cond(context=u_ctx.to(ctx.dtype), context_mask=u_mask)
+            job.text = (ctx, cmask, uncond)
+        ctx, cmask, uncond = job.text
+        cond = Cond(context=ctx, context_mask=cmask, known=known, known_mask=mask)
         _, _, f, h, w = noise.shape
         p = self.transformer.config.patch_size
         shift = self.shift_for((f // p[0]) * (h // p[1]) * (w // p[2]))
         sigmas = flow_schedule(job.steps, shift)
-        fn = make_velocity_fn(
-            self._model_fn(),
-            ctx,
-            cmask,
-            guidance_scale=job.guidance,
-            uncond_context=u_ctx,
-            uncond_mask=u_mask,
-        )
+        fn = make_velocity_fn(self._model_fn(), guidance_scale=job.guidance, uncond=uncond)
         x = noise
         if start is not None:
             x, sigmas = sdedit_start(start, noise, strength, sigmas)
         progress.begin(len(sigmas) - 1)
 
-        def on_step(i: int, n: int, xi: torch.Tensor) -> None:
+        def on_step(i: int, n: int, xi: torch.Tensor, denoised: torch.Tensor) -> None:
             progress.step()
             if callback is not None:
-                callback(i, n, xi)
+                callback(i, n, xi, denoised)
 
         if len(sigmas) > 1:
-            x = SAMPLERS[job.sampler](fn, x, sigmas, known=known, known_mask=mask, callback=on_step)
+            x = SAMPLERS[job.sampler](fn, x, sigmas, cond, callback=on_step)
         return x, shift
 
     def _run(
@@ -773,8 +739,8 @@ class TextToVideoPipeline:
         mask: torch.Tensor | None = None,
         start: torch.Tensor | None = None,
         strength: float = 1.0,
-        notes: list[str] | None = None,
-        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        notes: Notes | None = None,
+        callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
         progress: bool = True,
     ) -> VideoResult | list[VideoResult]:
         """One sampling pass of latents `shape` (C, F', H', W'), decoded into results.
@@ -790,8 +756,8 @@ class TextToVideoPipeline:
             extra.setdefault("new_frames", self._new_frames(mask[0]))
         if start is not None:
             start = start.expand(b, -1, -1, -1, -1)
-        if notes:
-            extra["notes"] = list(notes)
+        if notes is not None and notes.items:
+            extra["notes"] = list(notes.items)
         noise = self._noise(job, shape)
         with _Progress(progress) as bar:
             z, shift = self._sample(
@@ -846,11 +812,9 @@ class TextToVideoPipeline:
         if dt is None or dt == torch.float32:
             return model
 
-        def run(
-            x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, mask: torch.Tensor | None
-        ) -> torch.Tensor:
+        def run(x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
             with torch.autocast(x.device.type, dtype=dt):
-                return model(x, t, ctx, mask).float()
+                return model(x, t, cond).float()
 
         return run
 
@@ -858,11 +822,11 @@ class TextToVideoPipeline:
     @property
     def _tf(self) -> int:
         """Video frames per latent frame after the first (1 for a pixel-space model)."""
-        return self.vae.temporal_factor if self.vae is not None else 1
+        return self.codec.temporal_factor
 
     def _video_frames(self, latent_frames: int) -> int:
         """Video frames decoded from `latent_frames` latent frames: 1 + tf (F' - 1)."""
-        return 1 + self._tf * (latent_frames - 1)
+        return self.codec.video_frames(latent_frames)
 
     def _new_frames(self, mask: torch.Tensor) -> list[list[int]]:
         """Video frame ranges [start, end) made by unknown latent frames, for a (F',) mask."""
@@ -886,25 +850,8 @@ class TextToVideoPipeline:
                 "as known frames (needs a vae/ folder, or 3 channels)"
             )
 
-    def _note(self, notes: list[str], message: str) -> None:
-        """Report an adjustment of an input once (`on_note`, else a logging warning); keep it for metadata."""
-        if message in notes:
-            return
-        notes.append(message)
-        if self.on_note is not None:
-            self.on_note(message)
-        else:
-            logger.warning(message)
-
-    def _pixels(self, frames: np.ndarray, height: int, width: int) -> torch.Tensor:
-        """uint8 (T, h, w, 3) -> video (1, 3, T, height, width) in [-1, 1] on the model's device.
-
-        Centre-cropped to the output's aspect ratio, then resized: the training data's preprocessing
-        (`tubelet.data.dataset.frames_to_tensor`).
-        """
-        from tubelet.data.dataset import frames_to_tensor
-
-        return frames_to_tensor(frames, height, width)[None].to(self.device)
+    def _to_pixels(self, frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+        return to_pixels(frames, height, width, self.device)
 
     def _encode_groups(self, video: torch.Tensor) -> torch.Tensor:
         """Video (B, 3, tf k, H, W) -> k latent frames (B, C, k, H', W') that stand for tf-frame groups.
@@ -919,87 +866,6 @@ class TextToVideoPipeline:
     def _encode_still(self, image: torch.Tensor) -> torch.Tensor:
         """Image (B, 3, 1, H, W) -> one latent frame (B, C, 1, H', W'): tf frames of the image, as a group."""
         return self._encode_groups(image.expand(-1, -1, self._tf, -1, -1))
-
-    def _size_note(self, job: _Job, source: str, notes: list[str], src_hw: tuple[int, int]) -> None:
-        if tuple(src_hw) != (job.height, job.width):
-            self._note(
-                notes,
-                f"{source}: {src_hw[1]}x{src_hw[0]} center-cropped to the aspect ratio and resized to "
-                f"{job.width}x{job.height}",
-            )
-
-    def _load_image(
-        self, image: Any, what: str, job: _Job, notes: list[str]
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        """An image input -> uint8 (h, w, 3) (any size; `_pixels` fits it), plus a description for metadata."""
-        from tubelet.io import is_video_path, read_image, read_video
-
-        if isinstance(image, (str, os.PathLike)):
-            source = str(image)
-            if is_video_path(image):
-                arr = read_video(image, max_frames=1).frames[0]
-            else:
-                arr = read_image(image)
-        elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
-            source, arr = f"{what} (PIL image)", np.asarray(image.convert("RGB"))
-        elif isinstance(image, np.ndarray):
-            source, arr = f"{what} (array)", image
-        else:
-            raise TubeletError(
-                f"{what}: expected a path, a uint8 (H, W, 3) array or a PIL image, got {type(image).__name__}"
-            )
-        arr = np.asarray(arr)
-        if arr.ndim == 4 and arr.shape[0] == 1:
-            arr = arr[0]
-        frames = _check_uint8_frames(arr[None] if arr.ndim == 3 else arr, source)
-        if frames.shape[0] != 1:
-            raise TubeletError(f"{source}: expected one image (H, W, 3), got {frames.shape[0]} frames")
-        src_hw = frames.shape[1:3]
-        info = {"source": source, "height": int(src_hw[0]), "width": int(src_hw[1])}
-        self._size_note(job, source, notes, src_hw)
-        return frames[0], info
-
-    def _load_clip(
-        self, video: Any, what: str, job: _Job, notes: list[str]
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        """A clip input -> uint8 (T, h, w, 3) at the model's fps (any size; `_pixels` fits it), plus a description."""
-        from tubelet.io import probe_video, read_video
-
-        fps = float(self.config.fps)
-        if isinstance(video, (str, os.PathLike)):
-            source = str(video)
-            probe = probe_video(video)
-            src_fps, src_hw = probe.fps, (probe.height, probe.width)
-            scale = max(job.height / probe.height, job.width / probe.width)
-            # Shrink while decoding (less memory); `_pixels` then crops and resizes exactly.
-            size = math.ceil(min(src_hw) * scale - 1e-9) if scale < 1 else None
-            same_rate = abs(src_fps - fps) < 1e-3
-            frames = read_video(video, fps=None if same_rate else fps, size=size).frames
-        elif hasattr(video, "frames") and hasattr(video, "fps"):
-            source = getattr(video, "path", None) or f"{what} ({type(video).__name__})"
-            frames = _check_uint8_frames(video.frames, source)
-            src_fps, src_hw = float(video.fps), frames.shape[1:3]
-            if abs(src_fps - fps) >= 1e-3:
-                frames = resample_frames(frames, src_fps, fps)
-        elif isinstance(video, np.ndarray):
-            source = f"{what} (array)"
-            frames = _check_uint8_frames(video, source)
-            src_fps, src_hw = fps, frames.shape[1:3]
-        else:
-            raise TubeletError(
-                f"{what}: expected a path, a Video/VideoResult or a uint8 (T, H, W, 3) array, got {type(video).__name__}"
-            )
-        if abs(src_fps - fps) >= 1e-3:
-            self._note(notes, f"{source}: resampled from {src_fps:g} fps to the model's {fps:g} fps")
-        info = {
-            "source": source,
-            "height": int(src_hw[0]),
-            "width": int(src_hw[1]),
-            "fps": float(src_fps),
-            "frames": len(frames),  # at the model's fps
-        }
-        self._size_note(job, source, notes, tuple(src_hw))
-        return frames, info
 
     def _context(
         self,

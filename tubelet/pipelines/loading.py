@@ -1,0 +1,112 @@
+"""Loading pipelines: model directories, training runs and the embedded default model.
+
+    from tubelet.pipelines import load_pipeline
+    pipe = load_pipeline()                          # the embedded default model
+    pipe = load_pipeline("runs/t2v", device="auto")  # a pipeline directory or a training run
+
+A pipeline directory holds one subfolder per component plus its own `config.json`::
+
+    transformer/   VideoDiT            config.json + model.safetensors
+    text_encoder/  a text encoder (tubelet.models.text, or one a recipe registers)
+    vae/           CausalVideoVAE      (absent for a pixel-space model)
+    config.json    {"_class": "TextToVideoPipeline", ...}   (PipelineConfig)
+
+Loading never unpickles (safetensors only). On the CPU, float16-stored weights are widened to
+float32 and the oneDNN kernels of `tubelet.kernels` are installed on the denoiser and the VAE.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from tubelet.config import config_from_dict
+from tubelet.errors import ConfigError, ModelLoadError
+from tubelet.models.hub import read_config_json
+
+if TYPE_CHECKING:
+    from tubelet.pipelines.text_to_video import PipelineConfig, TextToVideoPipeline
+
+DEFAULT_MODEL_NAME = "shapes-t2v"
+
+
+def default_model_dir() -> Path:
+    """Where the embedded default model lives inside the package."""
+    return Path(__file__).parent.parent / "assets" / DEFAULT_MODEL_NAME
+
+
+def resolve_model_dir(model: str | Path | None) -> Path | None:
+    """A pipeline directory for `model`: itself, or a training run's `model/` (None stays None)."""
+    if model is None:
+        return None
+    d = Path(model)
+    if not (d / "config.json").is_file() and (d / "model" / "config.json").is_file():
+        return d / "model"  # a training run directory
+    return d
+
+
+def load_pipeline(
+    model: str | Path | None = None, *, device: str | torch.device = "auto", dtype: torch.dtype | None = None
+) -> TextToVideoPipeline:
+    """Load a pipeline directory or a training run (None: the embedded default model).
+
+    device: "auto" (CUDA for this process's local rank, then MPS, ..., then CPU), "cpu", "cuda:1", ...
+    """
+    from tubelet.devices import resolve_device
+    from tubelet.pipelines.text_to_video import TextToVideoPipeline
+
+    dev = resolve_device(device) if isinstance(device, str) else device
+    return TextToVideoPipeline.from_pretrained(resolve_model_dir(model), device=dev, dtype=dtype)
+
+
+def load_components(
+    directory: str | Path | None, *, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, nn.Module, nn.Module | None, PipelineConfig]:
+    """(transformer, text encoder, VAE or None, PipelineConfig) of a pipeline directory."""
+    from tubelet.models.dit import VideoDiT
+    from tubelet.models.text import load_text_encoder
+    from tubelet.models.vae import CausalVideoVAE
+    from tubelet.pipelines.text_to_video import PipelineConfig
+
+    d = Path(directory) if directory is not None else default_model_dir()
+    if directory is None and not (d / "config.json").is_file():
+        raise ModelLoadError(
+            f"the embedded default model is missing ({d}); reinstall tubelet or pass a model directory"
+        )
+    raw: dict[str, Any] = read_config_json(d)
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{d / 'config.json'}: expected a JSON object, got {type(raw).__name__}")
+    kind = raw.pop("_class", "TextToVideoPipeline")
+    if kind != "TextToVideoPipeline":
+        raise ModelLoadError(f"{d}: holds a {kind}, not a pipeline (expected transformer/, text_encoder/, vae/)")
+    for sub in ("transformer", "text_encoder"):
+        if not (d / sub).is_dir():
+            raise ModelLoadError(f"{d}: missing the {sub}/ folder of a pipeline directory")
+    if isinstance(raw.get("flow"), dict) and raw["flow"].get("foreground_weight", 0.0) in (0, 0.0):
+        raw["flow"].pop("foreground_weight", None)  # a removed experiment's inert default
+    try:
+        cfg = config_from_dict(PipelineConfig, raw, where=str(d / "config.json"))
+    except ConfigError as e:
+        raise ModelLoadError(str(e)) from None
+    transformer = VideoDiT.from_pretrained(d / "transformer", device=device)
+    text = load_text_encoder(d / "text_encoder", device=device)
+    vae = CausalVideoVAE.from_pretrained(d / "vae", device=device) if (d / "vae").is_dir() else None
+    for module in (transformer, text, vae):
+        # float16 is a storage format here (the embedded model ships that way): CPUs compute it
+        # slowly or not at all, so such weights are widened to float32 (`dtype` sets the compute).
+        if module is not None and torch.device(device).type == "cpu":
+            if any(p.dtype == torch.float16 for p in module.parameters()):
+                module.float()
+    if torch.device(device).type == "cpu":
+        # oneDNN kernels for the denoiser and the VAE (tubelet.kernels). Text encoders (run once
+        # per prompt) and the DiT's time modulation (one row per sample) keep PyTorch's kernels:
+        # no speed to gain there, and the embedded model's published outputs were made that way.
+        from tubelet.kernels import apply_cpu_kernels
+
+        apply_cpu_kernels(transformer, skip=("time_mod",))
+        if vae is not None:
+            apply_cpu_kernels(vae)
+    return transformer, text, vae, cfg
