@@ -53,3 +53,16 @@ def test_set_overrides_parse_yaml_values() -> None:
 
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         _parse_set(["optim.lr"])
+
+
+def test_presets_lists_the_recipes_stages_and_a_stage_names_its_missing_input(tmp_path: Path) -> None:
+    res = run("presets")
+    assert res.returncode == 0, res.stderr
+    assert "shapes-t2v-frames-gpu" in res.stdout and "out_dir=runs/shapes-t2v-frames-gpu" in res.stdout
+    assert "shapes-t2v-fine" not in res.stdout  # the unshipped comparisons are gone
+    res = run("train", "--preset", "shapes-vae-frames", cwd=tmp_path)  # no --data, no --out: the preset's
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "data_dir: data/shapes does not exist" in res.stderr
+    assert "make it first with `tubelet data shapes --out data/shapes --num 12000" in res.stderr
+    res = run("train", "--preset", "tiny", "--data", str(tmp_path))
+    assert res.returncode == 1 and "give --out DIR" in res.stderr

@@ -389,3 +389,56 @@ def test_cache_device_errors_are_clear(
                   "--out", str(out), "--device", dev])  # fmt: skip
         assert exit_.value.code == 1 and not out.exists()
         assert f"device '{dev}'" in capsys.readouterr().err
+
+
+def test_checkpoint_holds_only_the_trainable_state(tmp_path: Path) -> None:
+    """Frozen parameters (e.g. a LoRA run's base) are not written to a checkpoint; resuming rebuilds
+    them from the run's config and restores the trainable ones and the optimizer exactly."""
+    from torch import nn
+
+    from tubelet.train.parallel import DistInfo
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+        m[0].requires_grad_(False)  # the "base"
+        return m
+
+    model = build()
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        optim.zero_grad()
+        model(torch.randn(5, 4)).square().mean().backward()
+        optim.step()
+    gen = torch.Generator().manual_seed(1)
+    info = DistInfo()
+    path = ckpt.save_checkpoint(
+        tmp_path, 3, info=info, model=model, optim=optim, ema_state=None,
+        trainer_state={"step": 3}, generator=gen, keep_last=2,
+    )  # fmt: skip
+    saved = load_safetensors(path / "model.safetensors")
+    assert set(saved) == {"1.weight", "1.bias", "2.weight", "2.bias"}
+    state = json.loads((path / "trainer.json").read_text())
+    assert state["frozen_parameters"] == ["0.bias", "0.weight"]
+
+    fresh = build()  # the base comes from the "config" (same seed), the rest from the checkpoint
+    with torch.no_grad():
+        fresh[2].weight.zero_()
+    fresh_optim = torch.optim.AdamW([p for p in fresh.parameters() if p.requires_grad], lr=1e-2)
+    ckpt.load_checkpoint(path, info=info, model=fresh, optim=fresh_optim, generator=torch.Generator())
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    x = torch.randn(5, 4)
+    for m, o in ((model, optim), (fresh, fresh_optim)):
+        o.zero_grad()
+        m(x).square().mean().backward()
+        o.step()
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+
+    wrong = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2), nn.Linear(2, 2))
+    wrong[0].requires_grad_(False)
+    with pytest.raises(ValueError, match="trainable weights"):
+        ckpt.load_checkpoint(
+            path, info=info, model=wrong, optim=torch.optim.AdamW(wrong[1:].parameters()), generator=gen
+        )

@@ -34,6 +34,7 @@ import torch
 from tubelet.config import config_from_dict, config_to_dict
 from tubelet.data.dataset import DRAW_CAPTION, DataConfig, SampleKey, VideoDataset, as_key, sample_rng
 from tubelet.errors import DataError, ModelLoadError
+from tubelet.models.codec import LatentCodec
 from tubelet.models.hub import load_safetensors, save_state_dict
 
 CACHE_VERSION = 1
@@ -73,6 +74,7 @@ def build_cache(
         from tubelet.kernels import apply_cpu_kernels
 
         apply_cpu_kernels(vae)
+    codec = LatentCodec(vae)  # the cache stores raw latents; training normalises them (codec.normalize)
     text = None
     md = Path(model_dir)
     if (md / "text_encoder" / "config.json").is_file():
@@ -99,7 +101,7 @@ def build_cache(
             _DecodeJobs(ds, jobs, uint8=False), batch_size=None, num_workers=workers, shuffle=False
         )
         for chunk in _batched(_decoded(loader, jobs, ds, b, bar), batch_size):
-            z = vae.encode(torch.stack([video for _, video in chunk]).to(device))  # (n, C, F', H', W')
+            z = codec.encode_raw(torch.stack([video for _, video in chunk]).to(device))  # (n, C, F', H', W')
             for (meta, _), zj in zip(chunk, z):
                 meta.update(shard=shard, row=len(rows))
                 rows.append(zj.to(dtype).cpu())

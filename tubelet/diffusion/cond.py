@@ -7,7 +7,8 @@ and in the model that reads it, not a new argument in every signature.
 Fields (batch-first; B = batch, L = text tokens, D = text width, C/F/H/W = latent grid):
 
 * ``context`` (B, L, D) float: text states (an encoder's output). A jointly trained text encoder
-  gets token ids instead: ``text_ids`` (B, L) int64 with ``context = None``; the model wrapper
+  gets token ids instead: ``text_ids`` (B, L) or (B, L, k) int64 (an encoder's own token layout)
+  with ``context = None``; the model wrapper
   (`tubelet.train.tasks.TextToVideoModel`) encodes them and hands the DiT a `Cond` with context.
 * ``context_mask`` (B, L) bool or None: True = real token (None: all real).
 * ``known_mask`` (B, F) bool or None: latent frames given clean (image-to-video, extension,
@@ -45,8 +46,8 @@ class Cond:
             raise ValueError("Cond needs context (B, L, D) text states or text_ids (B, L)")
         if self.context is not None and self.context.ndim != 3:
             raise ValueError(f"Cond.context must be (B, L, D), got shape {tuple(self.context.shape)}")
-        if self.text_ids is not None and self.text_ids.ndim != 2:
-            raise ValueError(f"Cond.text_ids must be (B, L), got shape {tuple(self.text_ids.shape)}")
+        if self.text_ids is not None and self.text_ids.ndim < 2:
+            raise ValueError(f"Cond.text_ids must be (B, L, ...), got shape {tuple(self.text_ids.shape)}")
         lead = self.context if self.context is not None else self.text_ids
         assert lead is not None
         if self.context_mask is not None and tuple(self.context_mask.shape) != tuple(lead.shape[:2]):
@@ -70,7 +71,8 @@ class Cond:
     def to(self, device: torch.device | str) -> Cond:
         """The same conditioning with every tensor on `device`."""
         moved = {
-            f.name: v.to(device) if isinstance(v := getattr(self, f.name), Tensor) else v for f in fields(self)
+            f.name: v.to(device) if isinstance(v := getattr(self, f.name), Tensor) else v
+            for f in fields(self)
         }
         return Cond(**moved)
 

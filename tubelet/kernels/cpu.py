@@ -31,7 +31,9 @@ from torch.nn.modules import module as _module_mod
 
 from tubelet.models.layers import MLP
 
-_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if hasattr(torch.ops, "mkldnn") else None
+_ONEDNN_LINEAR = (
+    getattr(torch.ops.mkldnn, "_linear_pointwise", None) if hasattr(torch.ops, "mkldnn") else None
+)
 
 
 def _mkldnn_on() -> bool:

@@ -121,7 +121,11 @@ class DiTConfig:
             raise ConfigError(f"DiTConfig.freq_dim must be even, got {self.freq_dim}")
         if self.embed_init not in ("wan", "xavier"):
             raise ConfigError(f"DiTConfig.embed_init must be 'wan' or 'xavier', got {self.embed_init!r}")
-        if isinstance(self.conv_kernel, bool) or not isinstance(self.conv_kernel, int) or self.conv_kernel < 0:
+        if (
+            isinstance(self.conv_kernel, bool)
+            or not isinstance(self.conv_kernel, int)
+            or self.conv_kernel < 0
+        ):
             raise ConfigError(f"DiTConfig.conv_kernel must be an integer >= 0, got {self.conv_kernel!r}")
         if self.conv_kernel and self.conv_kernel % 2 == 0:
             raise ConfigError(
@@ -164,6 +168,8 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.attention_kind = "self"
+        self.attention_backend = "auto"  # tubelet.models.layers.set_attention_backend
         self.qkv = nn.Linear(dim, 3 * dim)
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
@@ -179,7 +185,9 @@ class SelfAttention(nn.Module):
         q = apply_rope(q.reshape(b, n, h, -1), rope, x.dtype)  # (B, N, H, hd)
         k = apply_rope(k.reshape(b, n, h, -1), rope, x.dtype)
         v = v.view(b, n, h, -1)
-        o = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, N, hd)
+        o = attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, self.attention_backend
+        )  # (B, H, N, hd)
         return self.out(o.transpose(1, 2).reshape(b, n, d))
 
 
@@ -189,6 +197,8 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.attention_kind = "cross"
+        self.attention_backend = "auto"  # tubelet.models.layers.set_attention_backend
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
@@ -203,7 +213,9 @@ class CrossAttention(nn.Module):
         k, v = self.kv(context).split(d, dim=-1)  # (B, L, D) each
         k = self.norm_k(k).view(b, length, h, -1)
         v = v.view(b, length, h, -1)
-        o = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)  # (B, H, N, hd)
+        o = attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.attention_backend
+        )  # (B, H, N, hd)
         return self.out(o.transpose(1, 2).reshape(b, n, d))
 
 
@@ -332,8 +344,11 @@ class VideoDiT(nn.Module, PretrainedMixin):
 
     # ---------------------------------------------------------------------------------------
     def rope_tables(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
-        """Complex64 rotations (F'H'W', 1, head_dim/2) for a token grid, cached per (grid, device)."""
-        key = (grid, str(device))
+        """Complex64 rotations (F'H'W', 1, head_dim/2) for a token grid, cached per (grid, device).
+
+        Tables made under `torch.inference_mode()` are inference tensors, which autograd refuses to
+        save for backward, so they are cached apart from the others (the mode is part of the key)."""
+        key = (grid, str(device), torch.is_inference_mode_enabled())
         tables = self._rope_cache.get(key)
         if tables is None:
             if len(self._rope_cache) >= 16:
@@ -370,7 +385,9 @@ class VideoDiT(nn.Module, PretrainedMixin):
         if cond.context is None:
             raise ValueError("VideoDiT needs encoded text (Cond.context), got token ids only")
         if cond.boxes is not None or cond.image_embeds is not None:
-            raise ValueError("this VideoDiT has no box or image-embedding conditioning (Cond.boxes / image_embeds)")
+            raise ValueError(
+                "this VideoDiT has no box or image-embedding conditioning (Cond.boxes / image_embeds)"
+            )
         context, context_mask = cond.context, cond.context_mask
         if context.shape[0] != b or context.shape[2] != c.text_dim:
             raise ValueError(
@@ -432,7 +449,9 @@ class VideoDiT(nn.Module, PretrainedMixin):
         b, _, f, hh, ww = state.shape
         gf, gh, gw = state.grid
         pt, ph, pw = c.patch_size
-        mod = (self.head_modulation.float() + state.temb.float()[:, :, None, :]).unsqueeze(3)  # (B, T, 2, 1, D)
+        mod = (self.head_modulation.float() + state.temb.float()[:, :, None, :]).unsqueeze(
+            3
+        )  # (B, T, 2, 1, D)
         h = modulated_layer_norm(h, mod[:, :, 1], mod[:, :, 0], c.eps)
         out = self.proj_out(h.reshape(b, gf * gh * gw, c.dim))  # (B, N, pt*ph*pw*C_out)
         out = out.reshape(b, gf, gh, gw, pt, ph, pw, c.out_channels).permute(0, 7, 1, 4, 2, 5, 3, 6)

@@ -4,7 +4,8 @@ Everything here is a pure function or a small `nn.Module` without buffers, so mo
 the meta device (see `tubelet.models.hub`) load without surprises.
 
 Attention goes through the single function `attention()`; other backends (flash kernels,
-sequence parallelism) plug in with `register_attention_backend()` / `set_attention_backend()`.
+sequence parallelism) are registered with `register_attention_backend()` and chosen per model (and
+per kind, self or cross) with `set_attention_backend(model, name, kind=...)`.
 
 Model code calls its `nn.Linear` / `nn.Conv*` modules like any PyTorch model (hooks, PEFT
 LoRA, quantization and offload see every call); CPU kernel choices (oneDNN inner products and
@@ -95,30 +96,40 @@ _ATTENTION_BACKENDS: dict[str, AttentionFn] = {
     "sdpa": _attention_sdpa,
     "cpu_lowp": _attention_cpu_lowp,
 }
-_attention_backend = "auto"
 
 
 def register_attention_backend(name: str, fn: AttentionFn) -> None:
-    """Add an attention implementation `fn(q, k, v, mask) -> out` under `name`."""
+    """Add an attention implementation `fn(q, k, v, mask) -> out` under `name` (a function table:
+    registering changes no model; a model picks its backend with `set_attention_backend`)."""
     _ATTENTION_BACKENDS[name] = fn
 
 
-def set_attention_backend(name: str) -> str:
-    """Select the attention backend used by `attention()`; returns the previous name."""
-    global _attention_backend
+def attention_backends() -> list[str]:
+    """Names of the registered attention backends."""
+    return sorted(_ATTENTION_BACKENDS)
+
+
+def check_attention_backend(name: str) -> str:
     if name not in _ATTENTION_BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; known: {sorted(_ATTENTION_BACKENDS)}")
-    previous, _attention_backend = _attention_backend, name
-    return previous
+    return name
 
 
-def get_attention_backend() -> str:
-    """Name of the attention backend `attention()` currently uses."""
-    return _attention_backend
+def set_attention_backend(model: nn.Module, name: str, *, kind: str = "all") -> nn.Module:
+    """Select the attention backend of every attention module of `model` (held per module, so two
+    models in one process do not share the choice). kind: "self", "cross" or "all" (modules tell
+    which they are by their `attention_kind` attribute). Returns `model`."""
+    check_attention_backend(name)
+    if kind not in ("self", "cross", "all"):
+        raise ValueError(f"kind must be 'self', 'cross' or 'all', got {kind!r}")
+    for m in model.modules():
+        if hasattr(m, "attention_backend") and kind in ("all", getattr(m, "attention_kind", None)):
+            m.attention_backend = name
+    return model
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Multi-head scaled dot-product attention (softmax scale 1/sqrt(d), no dropout).
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, backend: str = "auto") -> Tensor:
+    """Multi-head scaled dot-product attention (softmax scale 1/sqrt(d), no dropout), by `backend`.
 
     q: (B, H, Nq, d); k, v: (B, H, Nk, d); mask: optional (B, Nk) bool, True = attend to this key.
     Returns (B, H, Nq, d) (possibly a non-contiguous view). Every row of `mask` needs at least one
@@ -128,7 +139,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Te
         raise ValueError(
             f"attention expects 4-D (B, H, N, d) tensors, got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
-    return _ATTENTION_BACKENDS[_attention_backend](q, k, v, mask)
+    return _ATTENTION_BACKENDS[backend](q, k, v, mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,7 +300,10 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 # N^2 x D entries (64 MiB in float32 for N = 256, D = 256). Larger grids use `F.conv3d`.
 TOKEN_CONV_DENSE_MAX_TOKENS = 256
 
+# A memo of `_shift_matrices` (a pure function of its key, so sharing it between models changes no
+# result); bounded, so changing grids in a long-lived process does not grow it.
 _SHIFT_CACHE: dict[tuple[tuple[int, int, int], int, str, torch.dtype], Tensor] = {}
+_SHIFT_CACHE_MAX = 16
 
 
 def _shift_matrices(grid: tuple[int, int, int], k: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -312,6 +326,8 @@ def _shift_matrices(grid: tuple[int, int, int], k: int, device: torch.device, dt
                     ok = q >= 0
                     s[a, b, c, p[ok], q[ok]] = 1.0
         s = s.view(k**3, n, n).to(device=device, dtype=dtype)
+        if len(_SHIFT_CACHE) >= _SHIFT_CACHE_MAX:
+            _SHIFT_CACHE.clear()
         _SHIFT_CACHE[key] = s
     return s
 

@@ -81,7 +81,9 @@ def load_components(
         raise ModelLoadError(f"{d / 'config.json'}: expected a JSON object, got {type(raw).__name__}")
     kind = raw.pop("_class", "TextToVideoPipeline")
     if kind != "TextToVideoPipeline":
-        raise ModelLoadError(f"{d}: holds a {kind}, not a pipeline (expected transformer/, text_encoder/, vae/)")
+        raise ModelLoadError(
+            f"{d}: holds a {kind}, not a pipeline (expected transformer/, text_encoder/, vae/)"
+        )
     for sub in ("transformer", "text_encoder"):
         if not (d / sub).is_dir():
             raise ModelLoadError(f"{d}: missing the {sub}/ folder of a pipeline directory")

@@ -114,7 +114,12 @@ class GenerationRequest:
         _check_int("context_latents", self.context_latents, 1, MAX_FRAMES)
         if self.guidance_scale is not None:
             g = self.guidance_scale
-            if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or not 0 <= g <= 100:
+            if (
+                isinstance(g, bool)
+                or not isinstance(g, (int, float))
+                or not math.isfinite(g)
+                or not 0 <= g <= 100
+            ):
                 raise RequestError(f"guidance_scale must be a number in [0, 100] (1 = off), got {g!r}")
         if self.strength is not None:
             st = self.strength

@@ -348,10 +348,17 @@ class TextToVideoPipeline:
             kw["seed"] = r.seed = int(torch.randint(0, 2**31 - 1, ()).item())
         meta = {"request": r.to_dict()}
         if r.task == "i2v":
-            result = self.image_to_video(r.prompt, r.image, last_image=r.last_image, extra_metadata=meta, **kw)
+            result = self.image_to_video(
+                r.prompt, r.image, last_image=r.last_image, extra_metadata=meta, **kw
+            )
         elif r.task == "extend":
             result = self.extend(
-                r.prompt, r.video, backward=r.backward, context_latents=r.context_latents, extra_metadata=meta, **kw
+                r.prompt,
+                r.video,
+                backward=r.backward,
+                context_latents=r.context_latents,
+                extra_metadata=meta,
+                **kw,
             )
         elif r.task == "loop":
             result = self.loop(r.prompt, extra_metadata=meta, **kw)
@@ -416,7 +423,14 @@ class TextToVideoPipeline:
             mask[:, -1] = True
         extra = {"task": task, "inputs": inputs}
         return self._run(
-            job, shape, {**extra, **more}, known=known, mask=mask, notes=notes, callback=callback, progress=progress
+            job,
+            shape,
+            {**extra, **more},
+            known=known,
+            mask=mask,
+            notes=notes,
+            callback=callback,
+            progress=progress,
         )
 
     @torch.no_grad()
@@ -466,7 +480,14 @@ class TextToVideoPipeline:
             mask[:, :k] = True
         extra = {"task": task, "inputs": {"video": info}, "context_latents": k, "context_frames": n}
         return self._run(
-            job, shape, {**extra, **more}, known=known, mask=mask, notes=notes, callback=callback, progress=progress
+            job,
+            shape,
+            {**extra, **more},
+            known=known,
+            mask=mask,
+            notes=notes,
+            callback=callback,
+            progress=progress,
         )
 
     @torch.no_grad()
@@ -516,7 +537,14 @@ class TextToVideoPipeline:
             "context_frames": [na, nb],
         }
         return self._run(
-            job, shape, {**extra, **more}, known=known, mask=mask, notes=notes, callback=callback, progress=progress
+            job,
+            shape,
+            {**extra, **more},
+            known=known,
+            mask=mask,
+            notes=notes,
+            callback=callback,
+            progress=progress,
         )
 
     @torch.no_grad()

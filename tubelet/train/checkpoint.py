@@ -2,7 +2,9 @@
 
 Layout of ``RUN/checkpoints/step-NNNNNNN/``::
 
-    model.safetensors      full (gathered) trainable weights, float32
+    model.safetensors      the trainable state, gathered: parameters with requires_grad and all buffers
+                           (frozen parameters, e.g. a LoRA run's base, are not written: the run rebuilds
+                           them from its config, `init_from` / `vae_path`, and trainer.json lists them)
     ema.safetensors        EMA weights (when EMA is on)
     optimizer.pt           full optimizer state keyed by parameter name (plain tensors only:
                            read back with torch.load(weights_only=True))
@@ -57,10 +59,10 @@ def latest_checkpoint(run: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _options(full: bool = True):
+def _options(full: bool = True, strict: bool = True):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(full_state_dict=full, cpu_offload=True)
+    return StateDictOptions(full_state_dict=full, cpu_offload=True, strict=strict)
 
 
 def gather_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -68,6 +70,12 @@ def gather_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     return get_model_state_dict(model, options=_options())
+
+
+def frozen_parameter_names(model: nn.Module) -> set[str]:
+    """Clean names of the parameters that do not train (requires_grad False), DDP unwrapped."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return {name.replace("_orig_mod.", "") for name, p in inner.named_parameters() if not p.requires_grad}
 
 
 def gather_optimizer_state(model: nn.Module, optim: torch.optim.Optimizer) -> dict[str, Any]:
@@ -116,7 +124,8 @@ def save_checkpoint(
     """Write a checkpoint (all ranks call this: gathering is collective), keep the last `keep_last`."""
     final = step_dir(run, step)
     tmp = final.with_name(final.name + ".tmp")
-    model_sd = gather_model_state(model)
+    frozen = frozen_parameter_names(model)
+    model_sd = {k: v for k, v in gather_model_state(model).items() if k not in frozen}
     optim_sd = gather_optimizer_state(model, optim)
     if info.is_main:
         if tmp.exists():
@@ -133,6 +142,7 @@ def save_checkpoint(
         state["python_rng"] = _py_rng()
         state["numpy_rng"] = _np_rng()
         state["world_size"] = info.world_size
+        state["frozen_parameters"] = sorted(frozen)  # not in model.safetensors: rebuilt from the config
         (tmp / "trainer.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
     _barrier(info)
     if info.is_main:
@@ -161,7 +171,19 @@ def load_checkpoint(
 
     state = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
     model_sd = load_safetensors(path / "model.safetensors")
-    set_model_state_dict(model, model_sd, options=_options())
+    frozen = frozen_parameter_names(model)
+    expected = None
+    if frozen:
+        inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        expected = {k.replace("_orig_mod.", "") for k in inner.state_dict()} - frozen
+    if expected is not None:  # a partial (trainable-only) state: check its names ourselves
+        if set(model_sd) != expected:
+            missing, extra = sorted(expected - set(model_sd)), sorted(set(model_sd) - expected)
+            raise ValueError(
+                f"{path / 'model.safetensors'}: does not match this run's trainable weights "
+                f"(missing {missing[:5]}, unexpected {extra[:5]})"
+            )
+    set_model_state_dict(model, model_sd, options=_options(strict=expected is None))
     optim_sd = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
     set_optimizer_state_dict(model, optim, optim_sd, options=_options())
     ema = load_safetensors(path / "ema.safetensors") if (path / "ema.safetensors").is_file() else None

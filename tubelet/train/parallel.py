@@ -87,7 +87,9 @@ def blocks_of(model: nn.Module) -> list[nn.Module]:
     for name in getattr(model, "repeated_blocks", ()):
         blocks = getattr(model, name)
         if not isinstance(blocks, nn.ModuleList):
-            raise TypeError(f"{type(model).__name__}.{name} is declared in repeated_blocks but is not a ModuleList")
+            raise TypeError(
+                f"{type(model).__name__}.{name} is declared in repeated_blocks but is not a ModuleList"
+            )
         out.extend(blocks)
     return out
 

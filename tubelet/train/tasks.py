@@ -16,6 +16,7 @@ from torch import nn
 from tubelet.diffusion.cond import Cond
 from tubelet.errors import ConfigError
 from tubelet.kernels import apply_cpu_kernels
+from tubelet.models.codec import LatentCodec
 from tubelet.train.config import TrainConfig
 
 
@@ -75,18 +76,6 @@ class TextToVideoModel(nn.Module):
         return self.dit(x, t, cond)
 
 
-def latent_stats(vae: nn.Module | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per-channel (mean, std) as (1, C, 1, 1, 1) tensors from a VAE config, or None."""
-    if vae is None:
-        return None
-    cfg = vae.config
-    if cfg.latents_mean is None or cfg.latents_std is None:
-        return None
-    mean = torch.tensor(cfg.latents_mean, device=device).view(1, -1, 1, 1, 1)
-    std = torch.tensor(cfg.latents_std, device=device).view(1, -1, 1, 1, 1)
-    return mean, std
-
-
 class DiTTask:
     """Rectified-flow training of a VideoDiT (+ byte text encoder) on VAE latents or pixels."""
 
@@ -144,7 +133,7 @@ class DiTTask:
         if cfg.init_from:
             self._init_from(Path(cfg.init_from))
         self.model.to(device)
-        self.stats = latent_stats(self.vae, device)
+        self.codec = LatentCodec(self.vae)  # encode + the latent normalisation (identity in pixel space)
 
     def _init_from(self, d: Path) -> None:
         tdir = d / "transformer" if (d / "transformer").is_dir() else d
@@ -157,15 +146,10 @@ class DiTTask:
 
     @torch.no_grad()
     def to_latents(self, batch: dict[str, Any]) -> torch.Tensor:
-        """(B, C, F', H', W') normalised latents for a batch of videos or cached latents."""
+        """(B, C, F', H', W') normalised latents for a batch of videos or cached (raw) latents."""
         if "latents" in batch:
-            z = batch["latents"].to(self.device, torch.float32)
-        else:
-            video = batch_video(batch, self.device)  # (B, 3, F, H, W) in [-1, 1]
-            z = self.vae.encode(video) if self.vae is not None else video
-        if self.stats is not None:
-            z = (z - self.stats[0]) / self.stats[1]
-        return z
+            return self.codec.normalize(batch["latents"].to(self.device, torch.float32))
+        return self.codec.encode(batch_video(batch, self.device))  # (B, 3, F, H, W) in [-1, 1]
 
     def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.model.text is not None:

@@ -73,7 +73,9 @@ DATA_25K = "data/shapes-25k"
 CACHE = "cache/shapes-frames"
 CACHE_20K = "cache/shapes-frames-20k"
 CACHE_25K = "cache/shapes-frames-25k"
-HOLDOUT = "shapes-holdout"  # tubelet/recipes/shapes/suites/shapes-holdout.json (`tubelet data shapes --holdout`)
+HOLDOUT = (
+    "shapes-holdout"  # tubelet/recipes/shapes/suites/shapes-holdout.json (`tubelet data shapes --holdout`)
+)
 
 
 def run_dir(stage: str) -> str:
