@@ -19,6 +19,9 @@ import time
 
 import torch
 
+from tubelet.diffusion.cond import Cond
+from tubelet.kernels import apply_cpu_kernels
+
 
 def build(seed: int = 0):
     from diffusers import WanTransformer3DModel
@@ -82,17 +85,17 @@ def main() -> None:
     )
     for name in args.dtypes.split(","):
         dtype = getattr(torch, name)
-        ours = copy.deepcopy(ours32).to(dtype)
+        ours = apply_cpu_kernels(copy.deepcopy(ours32).to(dtype))  # as the pipeline loads it
         ref = copy.deepcopy(ref32).to(dtype)
         xd, ctxd = x.to(dtype), ctx.to(dtype)
         times: dict[str, list[float]] = {"tubelet": [], "diffusers": []}
         with torch.inference_mode():
-            a = ours(xd, t, ctxd)  # warm-up (also oneDNN primitive caches)
+            a = ours(xd, t, Cond(context=ctxd))  # warm-up (also oneDNN primitive caches)
             b = ref(xd, t, ctxd).sample
             for _ in range(args.repeats):
                 for label, model in (("tubelet", ours), ("diffusers", ref)):
                     t0 = time.perf_counter()
-                    model(xd, t, ctxd)
+                    model(xd, t, Cond(context=ctxd)) if label == "tubelet" else model(xd, t, ctxd)
                     times[label].append(time.perf_counter() - t0)
         mt, md = statistics.median(times["tubelet"]), statistics.median(times["diffusers"])
         print(

@@ -34,7 +34,7 @@ def main() -> None:
 
     from tubelet.eval.dimensions import Clip, make_dimension
     from tubelet.eval.report import evaluate_folder
-    from tubelet.io import write_video
+    from tubelet.media import write_video
     from tubelet.recipes.shapes import make_clip
 
     if args.threads:

@@ -22,6 +22,7 @@ import torch
 
 import tubelet.models.layers as layers
 from tubelet import registry
+from tubelet.diffusion.cond import Cond
 from tubelet.models.dit import VideoDiT
 
 CONV = registry.lookup("dit_preset", "shapes-latent-conv")  # the shapes recipe's DiT
@@ -45,7 +46,7 @@ def make_step(name: str, conv: int, batch: int):
 
     def step() -> None:
         with torch.autocast(DEV.type, dtype=torch.bfloat16):
-            y = model(x, t, ctx)
+            y = model(x, t, Cond(context=ctx))
         (y.float() - x).pow(2).mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

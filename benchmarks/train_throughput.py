@@ -20,6 +20,9 @@ import time
 import torch
 from torch import nn
 
+from tubelet.diffusion.cond import Cond
+from tubelet.train.parallel import apply_activation_checkpointing
+
 
 def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5) -> float:
     a = torch.randn(n, n, device=device, dtype=dtype)
@@ -84,7 +87,8 @@ def main() -> None:
         c, f, h, w = dcfg.in_channels, 1 + (bucket.frames - 1) // 4, bucket.height // 8, bucket.width // 8
     dcfg = dataclasses.replace(dcfg, in_channels=c, out_channels=c)
     model = VideoDiT(dcfg).to(device)
-    model.gradient_checkpointing = args.checkpointing
+    if args.checkpointing:
+        apply_activation_checkpointing(model)
     params = [p for p in model.parameters()] + ([p for p in text.parameters()] if text else [])
     opt = torch.optim.AdamW(params, lr=1e-4)
     amp = torch.bfloat16 if args.dtype == "bf16" else None
@@ -104,7 +108,7 @@ def main() -> None:
     def step() -> None:
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             context = text(ids, mask) if text is not None else ctx
-            out = model(x, t, context, mask)
+            out = model(x, t, Cond(context=context, context_mask=mask))
             loss = out.float().square().mean()
         loss.backward()
         opt.step()

@@ -18,6 +18,7 @@ import argparse
 
 import torch
 
+from tubelet.media import frames_to_unit
 from tubelet.pipelines import TextToVideoPipeline
 from tubelet.recipes.shapes import make_clip
 
@@ -26,7 +27,7 @@ def _clip(one_object: bool) -> tuple[torch.Tensor, object]:
     for i in range(900000, 900200):
         clip = make_clip(i, frames=16)
         if not one_object or len(clip.scene.spec.objects) == 1:
-            x0 = torch.from_numpy(clip.frames).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+            x0 = frames_to_unit(torch.from_numpy(clip.frames)).permute(3, 0, 1, 2)[None]
             return x0, clip
     raise RuntimeError("no one-object clip found")
 

@@ -23,7 +23,7 @@ def test_python_m_tubelet_is_the_cli() -> None:
 
 
 def test_demo_writes_a_video_and_prints_its_path(tmp_path: Path) -> None:
-    from tubelet.io import read_video
+    from tubelet.media import read_video
 
     out = tmp_path / "demo.mp4"
     res = run("demo", "--out", str(out), "--seed", "3")

@@ -152,6 +152,7 @@ def test_pipeline_layout_and_config(converted):
 
 
 def test_transformer_matches_diffusers(wan_src, converted):
+    from tubelet.diffusion import Cond
     from tubelet.models.dit import VideoDiT
 
     ref = wan_src["transformer"]
@@ -162,7 +163,7 @@ def test_transformer_matches_diffusers(wan_src, converted):
     ctx = torch.randn(2, 7, TEXT_DIM, generator=g)
     with torch.no_grad():
         want = ref(hidden_states=x, timestep=t, encoder_hidden_states=ctx, return_dict=False)[0]
-        got = dit(x, t, ctx)
+        got = dit(x, t, Cond(context=ctx))
     assert got.shape == want.shape == x.shape
     assert rel_err(got, want) <= 1e-5
 

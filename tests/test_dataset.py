@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from tubelet import io
+from tubelet import media
 from tubelet.cli import data_check  # noqa: F401  (registers `data check`)
 from tubelet.cli.apps import app
 from tubelet.config import config_from_dict, config_to_dict
@@ -88,11 +88,11 @@ def _make_folder(root: Path, fmt: str = "jsonl", extra: dict[str, list[str]] | N
     (root / "clips").mkdir(exist_ok=True)
     (root / "stills").mkdir(exist_ok=True)
     for name in ("sq_0.mp4", "sq_1.mp4", "sq_2.mkv"):
-        io.write_video(root / "clips" / name, _index_clip(20, 48, 48), 24, sidecar=False)
+        media.write_video(root / "clips" / name, _index_clip(20, 48, 48), 24, sidecar=False)
     for name in ("wide_0.mp4", "wide_1.mp4"):
-        io.write_video(root / "clips" / name, _index_clip(16, 48, 96), 8, sidecar=False)
-    io.write_video(root / "clips" / "thirds.mp4", _thirds(8, 32, 96), 8, sidecar=False)
-    io.write_video(root / "clips" / "short.mp4", _index_clip(4, 48, 48), 8, sidecar=False)
+        media.write_video(root / "clips" / name, _index_clip(16, 48, 96), 8, sidecar=False)
+    media.write_video(root / "clips" / "thirds.mp4", _thirds(8, 32, 96), 8, sidecar=False)
+    media.write_video(root / "clips" / "short.mp4", _index_clip(4, 48, 48), 8, sidecar=False)
     Image.fromarray(np.full((30, 40, 3), 128, np.uint8)).save(root / "stills" / "img_0.png")
     Image.fromarray(_thirds(1, 60, 30, axis=0)[0]).save(root / "stills" / "tall.jpg", quality=95)
     caps = dict(CAPTIONS)
@@ -117,7 +117,7 @@ def _make_folder(root: Path, fmt: str = "jsonl", extra: dict[str, list[str]] | N
 def _add_corrupt(root: Path) -> list[str]:
     """Truncated mp4 (index intact, tail gone), text renamed .mp4, zero bytes, a missing file."""
     noise = np.random.default_rng(0).integers(0, 256, (20, 48, 48, 3), dtype=np.uint8)
-    full = io.write_video(root / "tmp_noise.mp4", noise, 24, sidecar=False)
+    full = media.write_video(root / "tmp_noise.mp4", noise, 24, sidecar=False)
     data = full.read_bytes()
     full.unlink()
     (root / "clips" / "truncated.mp4").write_bytes(data[: len(data) * 2 // 3])

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from tubelet.config import config_from_dict, config_to_dict
+from tubelet.diffusion import Cond
 from tubelet.diffusion.flow import (
     FlowConfig,
     drop_captions,
@@ -33,6 +34,11 @@ def _gen(seed: int = 0) -> torch.Generator:
 
 def _ctx(b: int = B) -> torch.Tensor:
     return torch.randn(b, 6, 8, generator=_gen(99))
+
+
+def _cond(b: int = B, known_mask: torch.Tensor | None = None) -> Cond:
+    """Text states (and optionally known frames) as the objective gets them."""
+    return Cond(context=_ctx(b), known_mask=known_mask)
 
 
 # --------------------------------------------------------------------------------------------- path
@@ -213,6 +219,8 @@ def test_config_validation_and_round_trip():
         FlowConfig(shift=-1.0)
     with pytest.raises(ConfigError, match="unknown key"):
         config_from_dict(FlowConfig, {"shfit": 1.0})
+    with pytest.raises(ConfigError, match="unknown key"):  # a removed experiment (pixel-space loss weights)
+        config_from_dict(FlowConfig, {"foreground_weight": 9.0})
 
 
 # --------------------------------------------------------------------------------------------- loss
@@ -222,10 +230,11 @@ class Oracle:
     """Knows x0: returns the exact target (x_s - x0) / s per frame, and `junk` where t == 0."""
 
     def __init__(self, x0: torch.Tensor, junk: float | None = 1e3) -> None:
-        self.x0, self.junk, self.calls = x0, junk, []
+        self.x0, self.junk, self.calls, self.conds = x0, junk, [], []
 
-    def __call__(self, x, t, context, context_mask=None):
+    def __call__(self, x, t, cond):
         self.calls.append((x.clone(), t.clone()))
+        self.conds.append(cond)
         s = t.double() / 1000.0
         sb = s.view(x.shape[0], 1, -1, 1, 1) if s.dim() == 2 else s.view(-1, 1, 1, 1, 1)
         v = (x - self.x0) / sb.clamp_min(1e-12)
@@ -241,11 +250,11 @@ def test_known_frames_are_clean_and_excluded_from_loss():
     known[1, :2] = True
     known[2, [0, F - 1]] = True
     model = Oracle(x0)
-    loss, stats = flow_matching_loss(
-        model, x0, _ctx(), cfg=FlowConfig(shift=1.0), generator=_gen(), known_frames=known
-    )
+    cond = _cond(known_mask=known)
+    loss, stats = flow_matching_loss(model, x0, cond, cfg=FlowConfig(shift=1.0), generator=_gen())
     assert loss.item() < 1e-10  # wrong only on known frames -> zero loss
     ((x_s, t),) = model.calls
+    assert model.conds == [cond] and model.conds[0] is cond  # the model gets the Cond unchanged
     assert t.shape == (B, F)
     assert (t[known] == 0).all() and (t[~known] > 0).all()
     assert torch.equal(x_s.permute(0, 2, 1, 3, 4)[known], x0.permute(0, 2, 1, 3, 4)[known])
@@ -254,28 +263,33 @@ def test_known_frames_are_clean_and_excluded_from_loss():
     loss_all, _ = flow_matching_loss(
         Oracle(x0),
         x0,
-        _ctx(),
+        _cond(known_mask=torch.zeros(B, F, dtype=torch.bool)),
         cfg=FlowConfig(shift=1.0),
         generator=_gen(),
-        known_frames=torch.zeros(B, F, dtype=torch.bool),
     )
     assert loss_all.item() < 1e-10
     # Conversely: a model right on known frames but wrong elsewhere has a positive loss.
     loss_bad, _ = flow_matching_loss(
-        lambda x, t, c, m=None: torch.zeros_like(x),
+        lambda x, t, c: torch.zeros_like(x),
         x0,
-        _ctx(),
+        _cond(known_mask=known),
         cfg=FlowConfig(shift=1.0),
         generator=_gen(),
-        known_frames=known,
     )
     assert loss_bad.item() > 0.5
+    # The objective takes the known frames' values from x0: Cond.known (the samplers' input) is ignored.
+    spy = Oracle(x0)
+    junk = torch.full_like(x0, 7.0)
+    with_known = Cond(context=_ctx(), known=junk, known_mask=known)
+    loss_k, _ = flow_matching_loss(spy, x0, with_known, cfg=FlowConfig(shift=1.0), generator=_gen())
+    assert loss_k.item() < 1e-10
+    assert torch.equal(spy.calls[0][0], x_s)
 
 
 def test_loss_value_matches_definition_and_time_shape():
     x0 = torch.randn(B, C, F, H, W, generator=_gen(21), dtype=torch.float64)
     spy = Oracle(x0, junk=None)
-    loss0, stats0 = flow_matching_loss(spy, x0, _ctx(), cfg=FlowConfig(shift=2.0), generator=_gen(5))
+    loss0, stats0 = flow_matching_loss(spy, x0, _cond(), cfg=FlowConfig(shift=2.0), generator=_gen(5))
     assert loss0.item() < 1e-10
     ((x_s, t),) = spy.calls
     assert t.shape == (B,)
@@ -284,7 +298,7 @@ def test_loss_value_matches_definition_and_time_shape():
     s = stats0["s"].double().view(B, 1, 1, 1, 1)
     noise = (x_s - (1 - s) * x0) / s
     loss, stats = flow_matching_loss(
-        lambda x, t, c, m=None: torch.zeros_like(x), x0, _ctx(), cfg=FlowConfig(shift=2.0), generator=_gen(5)
+        lambda x, t, c: torch.zeros_like(x), x0, _cond(), cfg=FlowConfig(shift=2.0), generator=_gen(5)
     )
     target = noise - x0
     assert loss.item() == pytest.approx(target.square().mean().item(), rel=1e-5)
@@ -302,13 +316,13 @@ class TinyVelocityNet(nn.Module):
         self.t_proj = nn.Linear(1, c)
         self.c_proj = nn.Linear(d, c)
 
-    def forward(self, x, t, context, context_mask=None):
+    def forward(self, x, t, cond):
         tt = t.float() / 1000.0
         if tt.dim() == 1:
             temb = self.t_proj(tt[:, None])[:, :, None, None, None]  # (B, C, 1, 1, 1)
         else:
             temb = self.t_proj(tt[..., None]).permute(0, 2, 1)[..., None, None]  # (B, C, F, 1, 1)
-        cemb = self.c_proj(context.mean(dim=1))[:, :, None, None, None]
+        cemb = self.c_proj(cond.context.mean(dim=1))[:, :, None, None, None]
         return self.conv(x) + temb + cemb
 
 
@@ -320,14 +334,14 @@ def test_gradient_flows_and_determinism():
     known = sample_known_frames(
         B, F, FlowConfig(p_i2v=1.0, p_first_last=0, p_extend_forward=0, p_extend_backward=0)
     )
-    loss, stats = flow_matching_loss(net, x0, _ctx(), cfg=cfg, generator=_gen(1), known_frames=known)
+    loss, stats = flow_matching_loss(net, x0, _cond(known_mask=known), cfg=cfg, generator=_gen(1))
     assert loss.dim() == 0 and loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     for name, p in net.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
-    again, stats2 = flow_matching_loss(net, x0, _ctx(), cfg=cfg, generator=_gen(1), known_frames=known)
+    again, stats2 = flow_matching_loss(net, x0, _cond(known_mask=known), cfg=cfg, generator=_gen(1))
     assert torch.equal(loss.detach(), again.detach()) and torch.equal(stats["s"], stats2["s"])
-    other, _ = flow_matching_loss(net, x0, _ctx(), cfg=cfg, generator=_gen(2), known_frames=known)
+    other, _ = flow_matching_loss(net, x0, _cond(known_mask=known), cfg=cfg, generator=_gen(2))
     assert not torch.equal(loss.detach(), other.detach())
     assert not stats["loss"].requires_grad
 
@@ -336,13 +350,13 @@ def test_loss_rejects_bad_shapes():
     x0 = torch.randn(B, C, F, H, W)
     net = TinyVelocityNet()
     with pytest.raises(ValueError, match=r"\(B, C, F, H, W\)"):
-        flow_matching_loss(net, x0[:, :, 0], _ctx(), cfg=FlowConfig())
-    with pytest.raises(ValueError, match="known_frames"):
+        flow_matching_loss(net, x0[:, :, 0], _cond(), cfg=FlowConfig())
+    with pytest.raises(ValueError, match="known_mask"):
         flow_matching_loss(
-            net, x0, _ctx(), cfg=FlowConfig(), known_frames=torch.zeros(B, F + 1, dtype=torch.bool)
+            net, x0, _cond(known_mask=torch.zeros(B, F + 1, dtype=torch.bool)), cfg=FlowConfig()
         )
     with pytest.raises(ValueError, match="model returned"):
-        flow_matching_loss(lambda x, t, c, m=None: x[:, :1], x0, _ctx(), cfg=FlowConfig())
+        flow_matching_loss(lambda x, t, c: x[:, :1], x0, _cond(), cfg=FlowConfig())
 
 
 def test_shift_mix_draws_each_samples_shift_from_the_list():
@@ -359,37 +373,3 @@ def test_shift_mix_draws_each_samples_shift_from_the_list():
         FlowConfig(shift_mix=[])
     with pytest.raises(ConfigError, match="shift_mix"):
         FlowConfig(shift_mix=[3, 0])
-
-
-def test_foreground_weight_emphasises_object_pixels():
-    """foreground_weight: pixels away from the clip's dominant colour count 1 + w times; each sample's
-    loss is normalised by its weight; 0 gives the plain MSE exactly."""
-    from tubelet.diffusion.flow import foreground_weights
-
-    x0 = torch.full((2, 3, 2, 8, 8), -0.5)
-    x0[0, 0, :, 2:4, 2:4] = 0.8  # a small red-ish square in clip 0; clip 1 is flat
-    wts = foreground_weights(x0, 9.0)
-    assert wts.shape == (2, 1, 2, 8, 8)
-    assert wts[0, 0, :, 2:4, 2:4].eq(10.0).all() and wts[0].sum() == 2 * (60 + 4 * 10)
-    assert wts[1].eq(1.0).all()
-
-    noise = torch.randn(x0.shape, generator=_gen(3))
-    s = torch.tensor([0.5, 0.5])
-    target = noise - x0
-
-    def off_on_square(x, t, c, m=None):  # exact except +1 on the square's pixels of clip 0
-        out = target.clone()
-        out[0, :, :, 2:4, 2:4] += 1.0
-        return out
-
-    plain, _ = flow_matching_loss(off_on_square, x0, _ctx(2), cfg=FlowConfig(), noise=noise, s=s)
-    weighted, st = flow_matching_loss(
-        off_on_square, x0, _ctx(2), cfg=FlowConfig(foreground_weight=9.0), noise=noise, s=s
-    )
-    n = 3 * 2 * 64  # elements per clip
-    assert plain.item() == pytest.approx((3 * 2 * 4) / (2 * n))
-    # clip 0: the error sits on weight-10 pixels: 24 * 10 / (3 * 2 * (60 + 40)); clip 1: 0
-    assert st["loss_per_sample"][0].item() == pytest.approx(24 * 10 / (3 * 2 * 100))
-    assert weighted.item() == pytest.approx(24 * 10 / (3 * 2 * 100) / 2)
-    with pytest.raises(ConfigError, match="foreground_weight"):
-        FlowConfig(foreground_weight=-1.0)

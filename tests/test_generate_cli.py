@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from tubelet.cli import app, main
-from tubelet.io import read_metadata, read_video, write_video
+from tubelet.media import read_metadata, read_video, write_video
 
 PROMPT = "a red circle moving right"
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import tubelet.io as tio
+import tubelet.media.read as media_read
+import tubelet.media.write as media_write
 from tubelet.errors import VideoError
-from tubelet.io import (
+from tubelet.media import (
     Video,
     VideoInfo,
     is_image_path,
@@ -245,7 +246,7 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     path = write_video(tmp_path / "keep.mp4", pattern(4, 16, 16), 8)
     before = path.read_bytes()
     calls = {"n": 0}
-    real = tio._pad_even
+    real = media_write._pad_even
 
     def crash_midway(frame: np.ndarray) -> np.ndarray:
         calls["n"] += 1
@@ -253,7 +254,7 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
             raise RuntimeError("simulated crash while encoding")
         return real(frame)
 
-    monkeypatch.setattr(tio, "_pad_even", crash_midway)
+    monkeypatch.setattr(media_write, "_pad_even", crash_midway)
     with pytest.raises(RuntimeError):
         write_video(path, pattern(6, 16, 16), 8)
     assert path.read_bytes() == before  # old file untouched
@@ -558,7 +559,7 @@ def test_bad_read_arguments(clip_mp4: tuple[Path, np.ndarray], kwargs: dict, wor
 
 def test_memory_cap(clip_mp4: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
     path, _ = clip_mp4
-    monkeypatch.setattr(tio, "MAX_DECODE_BYTES", 10 * 48 * 64 * 3)  # room for 10 frames
+    monkeypatch.setattr(media_read, "MAX_DECODE_BYTES", 10 * 48 * 64 * 3)  # room for 10 frames
     with pytest.raises(VideoError) as exc:
         read_video(path)
     assert_video_error(exc, path, "GiB", "max_frames", "size")

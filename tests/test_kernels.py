@@ -161,7 +161,9 @@ def test_dit_with_kernels_matches_without(overrides, onednn_calls):
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     plain(xa, t, cond).square().mean().backward()
     fast(xb, t, cond).square().mean().backward()
-    for (name, _), a, b in zip([("x", None), *plain.named_parameters()], grads_of(plain, [xa]), grads_of(fast, [xb])):
+    for (name, _), a, b in zip(
+        [("x", None), *plain.named_parameters()], grads_of(plain, [xa]), grads_of(fast, [xb])
+    ):
         if a is None:  # token_conv's Conv3d module is read for its weights only
             assert b is None, name
             continue
@@ -180,7 +182,9 @@ def test_vae_with_kernels_matches_without(monkeypatch):
         for chunked in (False, True):
             z_plain, z_fast = plain.encode(video, chunked=chunked), fast.encode(video, chunked=chunked)
             assert rel_err(z_fast, z_plain) < TOL
-            assert rel_err(fast.decode(z_plain, chunked=chunked), plain.decode(z_plain, chunked=chunked)) < TOL
+            assert (
+                rel_err(fast.decode(z_plain, chunked=chunked), plain.decode(z_plain, chunked=chunked)) < TOL
+            )
     assert calls.calls > 0
     # Training: the convolutions stay on oneDNN, and the gradients agree.
     plain.train()
@@ -191,7 +195,9 @@ def test_vae_with_kernels_matches_without(monkeypatch):
         recon, mean, logvar = model(v)
         (recon.square().mean() + mean.square().mean() + logvar.exp().mean()).backward()
     assert calls.calls > n
-    for (name, _), a, b in zip([("video", None), *plain.named_parameters()], grads_of(plain, [va]), grads_of(fast, [vb])):
+    for (name, _), a, b in zip(
+        [("video", None), *plain.named_parameters()], grads_of(plain, [va]), grads_of(fast, [vb])
+    ):
         assert a is not None and b is not None, name
         assert rel_err(b, a) < TOL, name
 
@@ -213,8 +219,12 @@ def test_forward_hooks_fire_on_every_linear(kernels, grad):
     pre: dict[str, int] = dict.fromkeys(linears, 0)
     handles = []
     for name, m in linears.items():
-        handles.append(m.register_forward_hook(lambda mod, i, o, name=name: fired.__setitem__(name, fired[name] + 1)))
-        handles.append(m.register_forward_pre_hook(lambda mod, i, name=name: pre.__setitem__(name, pre[name] + 1)))
+        handles.append(
+            m.register_forward_hook(lambda mod, i, o, name=name: fired.__setitem__(name, fired[name] + 1))
+        )
+        handles.append(
+            m.register_forward_pre_hook(lambda mod, i, name=name: pre.__setitem__(name, pre[name] + 1))
+        )
     global_calls: list[str] = []
     handles.append(
         torch.nn.modules.module.register_module_forward_hook(
@@ -376,7 +386,9 @@ def test_apply_is_idempotent_keeps_the_state_dict_and_remove_restores_classes(bu
 def test_skip_keeps_pytorch_kernels_below_the_named_modules():
     model = apply_cpu_kernels(tiny_dit(), skip=("time_mod", "blocks.1"))
     assert type(model.time_mod) is nn.Linear
-    assert all(type(m) in (nn.Linear, MLP) or not isinstance(m, (nn.Linear, MLP)) for m in model.blocks[1].modules())
+    assert all(
+        type(m) in (nn.Linear, MLP) or not isinstance(m, (nn.Linear, MLP)) for m in model.blocks[1].modules()
+    )
     assert type(model.blocks[1].ffn) is MLP and type(model.blocks[0].ffn) is kcpu._FusedMLP
     assert type(model.blocks[0].self_attn.qkv) is kcpu._OneDNNLinear
     assert type(model.proj_out) is kcpu._OneDNNLinear

@@ -204,7 +204,7 @@ def test_evaluate_folder_errors(tmp_path: Path):
     )
     with pytest.raises(DataError, match=r"captions.jsonl:2"):
         evaluate_folder(tmp_path, progress=False)
-    from tubelet.io import write_video
+    from tubelet.media import write_video
 
     write_video(tmp_path / "a.mp4", make_clip(0).frames, 8.0, sidecar=False)
     (tmp_path / "captions.jsonl").write_text('{"video": "a.mp4", "caption": "a red hexagon staying still"}\n')

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from tubelet.errors import ModelLoadError, TubeletError, VideoError
-from tubelet.io import Video, read_metadata, write_video
+from tubelet.media import Video, read_metadata, write_video
 from tubelet.models.dit import DIT_PRESETS, VideoDiT
 from tubelet.models.text import BYTE_TEXT_PRESETS, ByteTextEncoder
 from tubelet.models.vae import VAE_PRESETS, CausalVideoVAE
-from tubelet.pipeline import (
+from tubelet.pipelines import (
     PipelineConfig,
     TextToVideoPipeline,
     resample_frames,
@@ -67,7 +67,7 @@ def rand_frames(t: int, h: int, w: int, seed: int = 0) -> np.ndarray:
 
 def pixels(pipe: TextToVideoPipeline, frames: np.ndarray) -> torch.Tensor:
     """uint8 (T, h, w, 3) -> (1, 3, T, H, W) at the pipeline's default size, as the pipeline prepares inputs."""
-    return pipe._pixels(frames, pipe.config.height, pipe.config.width)
+    return pipe._to_pixels(frames, pipe.config.height, pipe.config.width)
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -109,6 +109,26 @@ def test_text_to_video_determinism_batch_and_seeds(pipe: TextToVideoPipeline) ->
         gen(pipe, "__call__", [PROMPT, PROMPT], seed=[1])
 
 
+def test_callback_gets_each_steps_state_and_clean_estimate(pipe: TextToVideoPipeline) -> None:
+    """callback(step, num_steps, x, denoised) after every step: the state and the step's clean-clip
+    estimate (latents); the last step lands on its estimate, and known frames are kept in it."""
+    seen: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
+
+    def callback(i: int, n: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+        seen.append((i, n, x.clone(), denoised.clone()))
+
+    r = gen(pipe, "__call__", PROMPT, callback=callback)
+    assert [(i, n) for i, n, _, _ in seen] == [(1, 2), (2, 2)]
+    assert all(x.shape == d.shape == (1, *r.latents.shape) for _, _, x, d in seen)
+    assert not torch.equal(seen[0][3], seen[1][3])
+    assert torch.allclose(seen[-1][3][0], r.latents, atol=1e-6) and torch.equal(seen[-1][2][0], r.latents)
+    assert torch.equal(gen(pipe, "__call__", PROMPT).latents, r.latents)  # watching changes nothing
+    seen.clear()
+    image = rand_frames(1, 32, 32, seed=1)[0]
+    i2v = gen(pipe, "image_to_video", PROMPT, image, callback=callback)
+    assert len(seen) == 2 and all(torch.equal(d[0, :, :1], i2v.latents[:, :1]) for _, _, _, d in seen)
+
+
 def test_bad_settings_are_clear_errors(pipe: TextToVideoPipeline) -> None:
     with pytest.raises(TubeletError, match=r"1 \+ 4k frames"):
         gen(pipe, "__call__", PROMPT, num_frames=8)
@@ -121,9 +141,9 @@ def test_bad_settings_are_clear_errors(pipe: TextToVideoPipeline) -> None:
 
 
 def test_missing_embedded_model_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tubelet.pipeline
+    import tubelet.pipelines.loading
 
-    monkeypatch.setattr(tubelet.pipeline, "default_model_dir", lambda: tmp_path / "gone")
+    monkeypatch.setattr(tubelet.pipelines.loading, "default_model_dir", lambda: tmp_path / "gone")
     with pytest.raises(ModelLoadError, match="embedded default model is missing"):
         TextToVideoPipeline.from_pretrained()
 
@@ -147,7 +167,7 @@ def test_save_load_round_trip_and_saved_metadata(pipe: TextToVideoPipeline, tmp_
 def test_inputs_are_centre_cropped_and_resampled(pipe: TextToVideoPipeline) -> None:
     frames = np.zeros((1, 40, 80, 3), np.uint8)
     frames[:, :, 20:60] = 255  # a white centre band as wide as the square crop
-    x = pipe._pixels(frames, 16, 16)
+    x = pipe._to_pixels(frames, 16, 16)
     assert x.shape == (1, 3, 1, 16, 16) and float(x.min()) > 0.95  # aspect kept, centre cropped
     src = np.arange(24)[:, None, None, None].repeat(3, -1).astype(np.uint8)  # frame i holds value i
     half = resample_frames(src, 24.0, 8.0)
@@ -161,7 +181,7 @@ def test_inputs_are_centre_cropped_and_resampled(pipe: TextToVideoPipeline) -> N
 
 def test_image_to_video_first_frame_is_the_encoded_image(pipe: TextToVideoPipeline, caplog) -> None:
     image = rand_frames(1, 48, 40, seed=1)[0]  # another size: resized + cropped, with a note
-    with caplog.at_level(logging.WARNING, logger="tubelet.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="tubelet.pipelines"):
         r = gen(pipe, "image_to_video", PROMPT, image)
     with torch.no_grad():
         z0 = pipe.encode_video(pixels(pipe, image[None]))
@@ -328,12 +348,10 @@ def test_pixel_space_conditioning() -> None:
 
 
 def test_pixel_space_tubelets_every_task() -> None:
-    """A pixel-space x0-prediction model with (4, 4, 4) tubelets (the default model's design) runs every
-    task; known frames come back exactly and frame counts must fill whole tubelets."""
+    """A pixel-space model with (4, 4, 4) tubelets runs every task; known frames come back exactly and
+    frame counts must fill whole tubelets."""
     torch.manual_seed(0)
-    cfg = dataclasses.replace(
-        DIT_PRESETS["tiny"], in_channels=3, out_channels=3, patch_size=(4, 4, 4), prediction="x0"
-    )
+    cfg = dataclasses.replace(DIT_PRESETS["tiny"], in_channels=3, out_channels=3, patch_size=(4, 4, 4))
     dit = VideoDiT(cfg)
     dit.init_weights(zero_head=False)
     pcfg = PipelineConfig(height=16, width=16, num_frames=16, num_inference_steps=2, guidance_scale=2.0)
@@ -372,7 +390,7 @@ def test_pipeline_is_exported_at_package_top_level() -> None:
 
     code = (
         "import sys, tubelet; assert 'torch' not in sys.modules; "
-        "from tubelet import TextToVideoPipeline; from tubelet.pipeline import TextToVideoPipeline as P; "
+        "from tubelet import TextToVideoPipeline; from tubelet.pipelines import TextToVideoPipeline as P; "
         "assert TextToVideoPipeline is P; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

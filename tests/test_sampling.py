@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from tubelet.diffusion import Cond
 from tubelet.diffusion.flow import interpolate, shift_sigmas
 from tubelet.diffusion.sampling import (
     SAMPLERS,
@@ -38,7 +39,7 @@ class PointMass:
     def __init__(self, target: torch.Tensor) -> None:
         self.target = target
 
-    def __call__(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, s: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         return (x - self.target) / _s5(s, x)
 
 
@@ -53,7 +54,7 @@ class Gaussian:
     def __init__(self, mu: torch.Tensor, sd: torch.Tensor) -> None:
         self.mu, self.sd = mu, sd
 
-    def __call__(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, s: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         s = _s5(s, x)
         var = (1 - s) ** 2 * self.sd**2 + s**2
         return -self.mu + (s - (1 - s) * self.sd**2) / var * (x - (1 - s) * self.mu)
@@ -171,13 +172,14 @@ class Recorder:
     """A velocity field that checks its inputs and counts calls."""
 
     def __init__(self, inner) -> None:
-        self.inner, self.calls = inner, []
+        self.inner, self.calls, self.conds = inner, [], []
 
-    def __call__(self, x, s):
+    def __call__(self, x, s, cond):
         assert torch.isfinite(x).all() and torch.isfinite(s).all()
         assert ((s >= 0) & (s <= 1)).all()
         self.calls.append(s.clone())
-        return self.inner(x, s)
+        self.conds.append(cond)
+        return self.inner(x, s, cond)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -187,15 +189,52 @@ def test_exact_call_count_finite_inputs_and_callback(name):
         rec = Recorder(field)
         seen: list[tuple[int, int]] = []
 
-        def callback(i: int, n: int, x: torch.Tensor, seen=seen) -> None:
+        def callback(i: int, n: int, x: torch.Tensor, denoised: torch.Tensor, seen=seen) -> None:
+            assert denoised.shape == x.shape
             seen.append((i, n))
 
-        out = SAMPLERS[name](rec, x1.clone(), flow_schedule(steps, 3.0), callback=callback)
+        cond = Cond(context=torch.zeros(SHAPE[0], 1, 8))
+        out = SAMPLERS[name](rec, x1.clone(), flow_schedule(steps, 3.0), cond, callback=callback)
         assert len(rec.calls) == steps
+        assert all(c is cond for c in rec.conds)  # the sampler hands fn the Cond unchanged
         assert all(s.shape == (SHAPE[0],) for s in rec.calls)
         assert [c[0].item() for c in rec.calls] == pytest.approx(flow_schedule(steps, 3.0)[:-1].tolist())
         assert seen == [(i, steps) for i in range(1, steps + 1)]
         assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_callback_gets_each_steps_clean_estimate(name):
+    """callback(step, n, x, denoised): denoised = x - s * v of the step's model call (for Euler the
+    state it stepped from; for the multistep solvers the data prediction they build on); the step
+    to s = 0 lands on its own estimate."""
+    field, x1 = _gaussian()
+    sig = flow_schedule(6, 3.0)
+    calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def fn(x, s, c):
+        v = field(x, s)
+        calls.append((x.clone(), s.clone(), v.clone()))
+        return v
+
+    seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def callback(i: int, n: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+        assert n == 6
+        seen.append((i, x.clone(), denoised.clone()))
+
+    out = SAMPLERS[name](fn, x1.clone(), sig, callback=callback)
+    assert [i for i, _, _ in seen] == list(range(1, 7)) and len(calls) == 6
+    for (x_in, s, v), (_, _, denoised) in zip(calls, seen):
+        assert torch.equal(s, torch.full_like(s, float(s[0])))
+        torch.testing.assert_close(denoised, x_in - float(s[0]) * v, rtol=0, atol=1e-12)
+    torch.testing.assert_close(seen[-1][2], out, rtol=0, atol=1e-12)
+    assert torch.equal(seen[-1][1], out)
+    # For a point mass the clean estimate is the point itself at every step.
+    target = torch.randn(SHAPE, generator=_gen(2), dtype=torch.float64)
+    estimates: list[torch.Tensor] = []
+    SAMPLERS[name](PointMass(target), x1.clone(), sig, callback=lambda i, n, x, d: estimates.append(d))
+    assert len(estimates) == 6 and all(torch.allclose(d, target, atol=1e-10) for d in estimates)
 
 
 # -------------------------------------------------------------------------------------------- guidance
@@ -208,9 +247,12 @@ class ContextModel:
         g = _gen(4)
         self.proj = torch.randn(8, SHAPE[1], generator=g, dtype=torch.float64)
         self.calls: list[int] = []
+        self.conds: list[Cond] = []
 
-    def __call__(self, x, t, context, context_mask=None):
+    def __call__(self, x, t, cond):
         self.calls.append(x.shape[0])
+        self.conds.append(cond)
+        context, context_mask = cond.context, cond.context_mask
         if context_mask is None:
             context_mask = torch.ones(context.shape[:2], dtype=torch.bool)
         w = context_mask.to(context.dtype)[..., None]  # (B, L, 1)
@@ -220,52 +262,83 @@ class ContextModel:
         return torch.sin(x) * c + tt * x - c
 
 
-def _contexts():
+def _contexts(uncond_batch: int = 1) -> tuple[Cond, Cond]:
+    """A conditional batch (masked text of 5 tokens) and an unconditional one (3 tokens, batch 1 or B)."""
     g = _gen(5)
-    cond = torch.randn(SHAPE[0], 5, 8, generator=g, dtype=torch.float64)
-    cond_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    uncond = torch.randn(1, 3, 8, generator=g, dtype=torch.float64)
-    return cond, cond_mask, uncond
+    ctx = torch.randn(SHAPE[0], 5, 8, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    uncond = torch.randn(1, 3, 8, generator=g, dtype=torch.float64).repeat(uncond_batch, 1, 1)
+    return Cond(context=ctx, context_mask=mask), Cond(context=uncond)
 
 
 def test_guidance_scale_one_is_the_conditional_model():
-    cond, cond_mask, uncond = _contexts()
+    cond, uncond = _contexts()
     model = ContextModel()
-    fn = make_velocity_fn(model, cond, cond_mask, guidance_scale=1.0, uncond_context=uncond)
+    fn = make_velocity_fn(model, guidance_scale=1.0, uncond=uncond)
     x = torch.randn(SHAPE, generator=_gen(6), dtype=torch.float64)
     s = torch.tensor([0.7, 0.7])
-    assert torch.equal(fn(x, s), model(x, 1000 * s.double(), cond, cond_mask))
+    assert torch.equal(fn(x, s, cond), model(x, 1000 * s.double(), cond))
     assert model.calls == [SHAPE[0], SHAPE[0]]
+    assert model.conds[0] is cond
+    with pytest.raises(ValueError, match="needs a Cond"):
+        fn(x, s, None)
+    with pytest.raises(ValueError, match="batch"):
+        fn(x[:1], s[:1], cond)
 
 
-def test_batched_guidance_equals_two_separate_calls():
-    cond, cond_mask, uncond = _contexts()
+@pytest.mark.parametrize("uncond_batch", [1, SHAPE[0]])
+def test_batched_guidance_equals_two_separate_calls(uncond_batch):
+    cond, uncond = _contexts(uncond_batch)
     x = torch.randn(SHAPE, generator=_gen(7), dtype=torch.float64)
     model = ContextModel()
     g = 4.5
-    fn = make_velocity_fn(model, cond, cond_mask, guidance_scale=g, uncond_context=uncond)
+    fn = make_velocity_fn(model, guidance_scale=g, uncond=uncond)
     for s in (torch.tensor([0.3, 0.3]), torch.rand(SHAPE[0], SHAPE[2], generator=_gen(8))):
         model.calls.clear()
-        out = fn(x, s)
+        out = fn(x, s, cond)
         assert model.calls == [2 * SHAPE[0]]  # one batched call
         t = 1000 * s.to(torch.float32)
-        v_c = model(x, t, cond, cond_mask)
-        v_u = model(x, t, uncond.expand(SHAPE[0], -1, -1), None)
+        v_c = model(x, t, cond)
+        v_u = model(x, t, Cond(context=uncond.context.expand(SHAPE[0], -1, -1)))
         assert torch.allclose(out, v_u + g * (v_c - v_u), atol=1e-12)
-    with pytest.raises(ValueError, match="uncond_context"):
-        make_velocity_fn(model, cond, cond_mask, guidance_scale=3.0)
+    with pytest.raises(ValueError, match="uncond"):
+        make_velocity_fn(model, guidance_scale=3.0)
+    with pytest.raises(ValueError, match="batch"):
+        make_velocity_fn(model, guidance_scale=3.0, uncond=Cond(context=torch.zeros(3, 2, 8)))(x, s, cond)
+
+
+def test_batched_guidance_pads_text_and_shares_the_known_frames():
+    """The 2B batch: the conditional text padded to the longer length (padding masked out), and the
+    unconditional half told the same known frames as the conditional half."""
+    cond, uncond = _contexts()
+    known = torch.randn(SHAPE, dtype=torch.float64)
+    mask = torch.zeros(SHAPE[0], SHAPE[2], dtype=torch.bool)
+    mask[:, 0] = True
+    cond = cond.replace(known=known, known_mask=mask)
+    uncond = Cond(context=torch.randn(1, 7, 8, dtype=torch.float64))  # longer than the prompt's 5
+    model = ContextModel()
+    fn = make_velocity_fn(model, guidance_scale=2.0, uncond=uncond)
+    x = torch.randn(SHAPE, dtype=torch.float64)
+    fn(x, torch.full((SHAPE[0],), 0.5), cond)
+    (both,) = model.conds
+    assert both.context.shape == (2 * SHAPE[0], 7, 8)
+    assert both.context_mask[:2, 5:].logical_not().all() and both.context_mask[2:].all()
+    assert torch.equal(both.context_mask[:2, :5], cond.context_mask)
+    assert torch.equal(both.known, torch.cat([known, known]))
+    assert torch.equal(both.known_mask, torch.cat([mask, mask]))
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_sampler_with_guidance_makes_num_steps_batched_calls(name):
-    cond, cond_mask, uncond = _contexts()
+    cond, uncond = _contexts()
     model = ContextModel()
-    fn = make_velocity_fn(model, cond, cond_mask, guidance_scale=3.0, uncond_context=uncond)
+    fn = make_velocity_fn(model, guidance_scale=3.0, uncond=uncond)
     out = SAMPLERS[name](
-        fn, torch.randn(SHAPE, generator=_gen(9), dtype=torch.float64), flow_schedule(7, 2.0)
+        fn, torch.randn(SHAPE, generator=_gen(9), dtype=torch.float64), flow_schedule(7, 2.0), cond
     )
     assert model.calls == [2 * SHAPE[0]] * 7
     assert torch.isfinite(out).all()
+    assert all(c is model.conds[0] for c in model.conds)  # the batched Cond is built once per cond
 
 
 # ------------------------------------------------------------------------------------- known frames
@@ -278,25 +351,36 @@ def test_known_frames_are_preserved_and_flagged_clean(name):
     mask = torch.zeros(SHAPE[0], SHAPE[2], dtype=torch.bool)
     mask[0, 0] = True
     mask[1, [0, -1]] = True
-    seen_x = []
+    seen_x, seen_v, estimates = [], [], []
 
-    def fn(x, s):
+    def fn(x, s, c):
+        assert c is cond
         assert s.shape == (SHAPE[0], SHAPE[2])
         assert (s[mask] == 0).all() and (s[~mask] > 0).all()
         seen_x.append(x.clone())
-        return field(x, s)
+        seen_v.append(field(x, s))
+        return seen_v[-1]
 
-    out = SAMPLERS[name](fn, x1.clone(), flow_schedule(6, 3.0), known=known, known_mask=mask)
+    cond = Cond(context=torch.zeros(SHAPE[0], 1, 8), known=known, known_mask=mask)
+    sig = flow_schedule(6, 3.0)
+    out = SAMPLERS[name](fn, x1.clone(), sig, cond, callback=lambda i, n, x, d: estimates.append(d))
     m5 = mask[:, None, :, None, None].expand(SHAPE)
     assert torch.equal(out[m5], known[m5])
     assert all(torch.equal(x[m5], known[m5]) for x in seen_x)
     assert len(seen_x) == 6
+    # The callback's clean estimate: the known values on known frames, x - s * v elsewhere.
+    for i, d in enumerate(estimates):
+        assert torch.equal(d[m5], known[m5])
+        want = seen_x[i] - float(sig[i]) * seen_v[i]
+        torch.testing.assert_close(d[~m5], want[~m5], rtol=0, atol=1e-12)
     # Unknown frames are still generated (not left as noise, not the known values).
     assert not torch.equal(out[~m5], x1[~m5])
     with pytest.raises(ValueError, match="known_mask"):
-        SAMPLERS[name](fn, x1, flow_schedule(3), known=known, known_mask=mask[:, :2])
-    with pytest.raises(ValueError, match="together"):
-        SAMPLERS[name](fn, x1, flow_schedule(3), known=known)
+        SAMPLERS[name](fn, x1, flow_schedule(3), cond.replace(known_mask=mask[:, :2]))
+    with pytest.raises(ValueError, match="together"):  # a mask without the clean values
+        SAMPLERS[name](fn, x1, flow_schedule(3), cond.replace(known=None))
+    with pytest.raises(ValueError, match="known_mask"):  # and values without a mask: Cond refuses
+        cond.replace(known_mask=None)
 
 
 # -------------------------------------------------------------------------------------------- SDEdit
@@ -309,7 +393,7 @@ def test_sdedit_strength_zero_returns_input():
     start, kept = sdedit_start(x0, noise, 0.0, sig)
     assert torch.equal(start, x0) and kept.tolist() == [0.0]
     for name in ALL:
-        rec = Recorder(lambda x, s: torch.full_like(x, float("nan")))
+        rec = Recorder(lambda x, s, c: torch.full_like(x, float("nan")))
         assert torch.equal(SAMPLERS[name](rec, start, kept), x0)
         assert rec.calls == []
 
@@ -337,4 +421,4 @@ def test_rejects_bad_schedules():
     for bad in (torch.tensor([0.0, 1.0]), torch.tensor([1.5, 0.0]), torch.ones(2, 2)):
         for sampler in (sample_euler, sample_unipc, sample_dpmpp_2m):
             with pytest.raises(ValueError, match="sigmas"):
-                sampler(lambda x, s: x, x, bad)
+                sampler(lambda x, s, c: x, x, bad)

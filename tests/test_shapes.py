@@ -323,7 +323,7 @@ def test_scene_dict_round_trip_and_render_arguments():
 
 
 def test_write_dataset_layout_and_rewrite(tmp_path: Path):
-    from tubelet.io import read_video
+    from tubelet.media import read_video
 
     out = write_dataset(tmp_path / "ds", 4, seed=3, progress=False)
     assert sorted(p.name for p in (out / "videos").iterdir()) == [f"{i:06d}.mp4" for i in range(4)]
@@ -367,7 +367,7 @@ def test_write_dataset_refuses_foreign_directory(tmp_path: Path):
 
 def test_write_dataset_with_workers_writes_the_same_dataset(tmp_path: Path):
     """workers > 1: the same captions, scenes and decoded frames, in the same order, holdout applied."""
-    from tubelet.io import read_video
+    from tubelet.media import read_video
 
     held = [("red", "circle", "right"), ("blue", "square", "still")]
     kw = dict(seed=7, frames=5, size=16, progress=False, holdout=held)

@@ -261,6 +261,23 @@ def test_vae_foreground_weight_reweights_object_pixels() -> None:
         resolve_train_config("tiny-vae", overrides={"recon_foreground_weight": -1})
 
 
+def test_foreground_weights_mark_pixels_off_the_dominant_colour() -> None:
+    """The VAE's loss weights (moved here from the flow objective): pixels that differ from the
+    clip's per-channel median by more than 0.1 in any channel count 1 + w; a flat clip is all 1."""
+    from tubelet.train.tasks import foreground_weights
+
+    x0 = torch.full((2, 3, 2, 8, 8), -0.5)
+    x0[0, 0, :, 2:4, 2:4] = 0.8  # a small red-ish square in clip 0; clip 1 is flat
+    wts = foreground_weights(x0, 9.0)
+    assert wts.shape == (2, 1, 2, 8, 8)
+    assert wts[0, 0, :, 2:4, 2:4].eq(10.0).all() and wts[0].sum() == 2 * (60 + 4 * 10)
+    assert wts[1].eq(1.0).all()
+    assert foreground_weights(x0, 0.0).eq(1.0).all()
+    near = x0.clone()
+    near[0, 1, :, 5, 5] += 0.05  # within the threshold: background
+    assert torch.equal(foreground_weights(near, 9.0), wts)
+
+
 def test_latent_cache_feeds_training(shapes_data: Path, tmp_path: Path) -> None:
     from tubelet.data.cache import LatentCacheDataset, build_cache
 

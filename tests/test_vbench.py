@@ -89,7 +89,7 @@ def test_prompt_from_filename_and_captions(tmp_path):
 
 
 def _write_folder(root: Path, n: int = 3) -> list[str]:
-    from tubelet.io import write_video
+    from tubelet.media import write_video
     from tubelet.recipes.shapes import make_clip
 
     root.mkdir(parents=True, exist_ok=True)

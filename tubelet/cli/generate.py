@@ -41,7 +41,7 @@ def check_inputs(paths: list[Path]) -> None:
 def check_output(path: Path) -> None:
     """Fail before generating when the output extension cannot be written."""
     from tubelet.errors import VideoError
-    from tubelet.io import WRITE_EXTENSIONS
+    from tubelet.media import WRITE_EXTENSIONS
 
     if path.suffix.lower() not in WRITE_EXTENSIONS:
         raise VideoError(path, f"unsupported output extension; expected one of {', '.join(WRITE_EXTENSIONS)}")

@@ -23,7 +23,6 @@ so an interrupted run leaves no index (run it again; nothing half-written is eve
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -32,8 +31,10 @@ from typing import Any
 import torch
 
 from tubelet.config import config_from_dict, config_to_dict
+from tubelet.core.files import atomic_write_json
 from tubelet.data.dataset import DRAW_CAPTION, DataConfig, SampleKey, VideoDataset, as_key, sample_rng
 from tubelet.errors import DataError, ModelLoadError
+from tubelet.media import unit_to_frames
 from tubelet.models.codec import LatentCodec
 from tubelet.models.hub import load_safetensors, save_state_dict
 
@@ -162,7 +163,7 @@ class _DecodeJobs(torch.utils.data.Dataset):
             return j, getattr(e, "cause", None) or f"{type(e).__name__}: {e}"
         if not self.uint8:
             return j, video
-        return j, ((video + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return j, unit_to_frames(video)
 
 
 def build_pixel_cache(
@@ -254,9 +255,7 @@ def _finish(
         "unreadable": dict(ds.unreadable),
         "samples": entries,
     }
-    tmp = out / "index.json.tmp"
-    tmp.write_text(json.dumps(index, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "index.json")
+    atomic_write_json(out / "index.json", index, indent=None)
     return out
 
 

@@ -50,6 +50,15 @@ import numpy as np
 import torch
 
 from tubelet.errors import ConfigError, DataError, TubeletError
+from tubelet.media import (
+    frames_to_unit,
+    is_image_path,
+    is_video_path,
+    probe_image,
+    probe_video,
+    read_image,
+    read_video,
+)
 
 logger = logging.getLogger("tubelet.data")
 T = TypeVar("T")
@@ -263,16 +272,8 @@ def read_captions(root: str | Path, *, video_key: str = "video", caption_key: st
 # Files and probing
 
 
-def _io():
-    """tubelet.io, imported lazily (it pulls in PyAV / OpenCV)."""
-    from tubelet import io
-
-    return io
-
-
 def list_media(root: str | Path) -> list[Path]:
     """All video and image files under `root` (recursively, hidden entries skipped), sorted."""
-    io = _io()
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -280,7 +281,7 @@ def list_media(root: str | Path) -> list[Path]:
             if name.startswith("."):
                 continue
             p = Path(dirpath) / name
-            if io.is_video_path(p) or io.is_image_path(p):
+            if is_video_path(p) or is_image_path(p):
                 out.append(p)
     return out
 
@@ -302,11 +303,10 @@ _PROBE_CACHE: dict[tuple[str, int, int], MediaInfo] = {}
 
 
 def probe_media(path: str | Path) -> MediaInfo:
-    """Probe a video (container metadata) or an image (header only); cached per file version.
+    """Probe a video or an image (`tubelet.media.probe_video` / `probe_image`); cached per file version.
 
     Raises VideoError (a TubeletError) when the file cannot be read.
     """
-    io = _io()
     from tubelet.errors import VideoError
 
     path = Path(path)
@@ -318,37 +318,17 @@ def probe_media(path: str | Path) -> MediaInfo:
     cached = _PROBE_CACHE.get(key)
     if cached is not None:
         return cached
-    if st.st_size == 0:
-        raise VideoError(path, "file is empty (0 bytes)")
-    if io.is_image_path(path):
-        from PIL import Image
-
-        try:
-            with Image.open(path) as im:
-                width, height = im.size
-                if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation: shown rotated 90 degrees
-                    width, height = height, width
-        except Exception as e:
-            raise VideoError(path, f"not a readable image ({type(e).__name__}: {e})") from None
-        info = MediaInfo("image", int(width), int(height), 0.0, 1, 0.0, "")
+    if is_image_path(path):
+        width, height = probe_image(path)
+        info = MediaInfo("image", width, height, 0.0, 1, 0.0, "")
     else:
-        vi = io.probe_video(path)
-        fps = float(vi.fps or 0.0)
-        n = int(vi.num_frames or 0)
-        duration = float(vi.duration or 0.0)
-        if fps <= 0 and n > 0 and duration > 0:
-            fps = n / duration
-        if n <= 0 and fps > 0 and duration > 0:
-            n = round(duration * fps)
+        # probe_video checks the file and the frame size, falls back to 25 fps and estimates a missing
+        # frame count or duration from the other facts.
+        vi = probe_video(path)
+        n, fps = vi.num_frames, vi.fps
         if n <= 0:
             raise VideoError(path, "no video frames")
-        if fps <= 0:
-            raise VideoError(path, "unknown frame rate")
-        if vi.width <= 0 or vi.height <= 0:
-            raise VideoError(path, f"bad frame size {vi.width}x{vi.height}")
-        info = MediaInfo(
-            "video", int(vi.width), int(vi.height), fps, n, duration or n / fps, str(vi.codec or "")
-        )
+        info = MediaInfo("video", vi.width, vi.height, fps, n, vi.duration or n / fps, vi.codec)
     _PROBE_CACHE[key] = info
     return info
 
@@ -436,7 +416,7 @@ def frames_to_tensor(frames: np.ndarray, out_h: int, out_w: int) -> torch.Tensor
         x = torch.nn.functional.interpolate(
             x, size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=True
         )  # (T, 3, out_h, out_w)
-    x = (x / 127.5 - 1.0).clamp_(-1.0, 1.0)
+    x = frames_to_unit(x).clamp_(-1.0, 1.0)
     return x.permute(1, 0, 2, 3).contiguous()  # (3, T, out_h, out_w)
 
 
@@ -567,13 +547,12 @@ class VideoDataset(torch.utils.data.Dataset):
         self.unreadable: dict[str, str] = {}
         self.too_short: list[str] = []
         self._bad: set[int] = set()
-        io = _io()
         todo: list[tuple[Path, list[CaptionEntry]]] = []
         for path, entries in files:
             where = f" (named at {captions.file.name} line {entries[0].line})" if entries else ""
             if path not in media_set and not path.is_file():
                 self._record(str(path), f"file not found{where}")
-            elif not (io.is_video_path(path) or io.is_image_path(path)):
+            elif not (is_video_path(path) or is_image_path(path)):
                 self._record(str(path), f"not a video or image file extension{where}")
             else:
                 todo.append((path, entries))
@@ -714,9 +693,8 @@ class VideoDataset(torch.utils.data.Dataset):
             drawn = self.draws(key if key is not None else as_key(index, self.cfg.seed), index)
             start = drawn["start"] if start is None else start
             caption_index = drawn["caption_index"] if caption_index is None else caption_index
-        io = _io()
         if s.kind == "image":
-            img = io.read_image(s.path)
+            img = read_image(s.path)
             frames = np.asarray(img)[None]  # (1, H, W, 3)
         else:
             frames = self._read_clip(s, b.frames, start, b.height, b.width)
@@ -733,11 +711,10 @@ class VideoDataset(torch.utils.data.Dataset):
     def _read_clip(self, s: Sample, frames: int, start: int, out_h: int, out_w: int) -> np.ndarray:
         """`frames` frames at the target fps from source frame `start` on (uint8 (F, h, w, 3)).
 
-        Resampling is by presentation timestamps (tubelet.io): output frame k is the source frame on
+        Resampling is by presentation timestamps (tubelet.media): output frame k is the source frame on
         screen at (start / src_fps + k / fps), i.e. source frame start + floor(k * src_fps / fps) for
         constant-rate files. Large sources are shrunk while decoding (short side just covering the bucket).
         """
-        io = _io()
         from tubelet.errors import VideoError
 
         span = source_indices(0, frames, s.fps, self.cfg.fps)[-1] + 1
@@ -746,9 +723,7 @@ class VideoDataset(torch.utils.data.Dataset):
         scale = max(out_h / s.height, out_w / s.width)
         short = math.ceil(min(s.height, s.width) * scale) if scale < 1 else None
         for attempt in range(2):
-            video = io.read_video(
-                s.path, fps=self.cfg.fps, start=start / s.fps, max_frames=frames, size=short
-            )
+            video = read_video(s.path, fps=self.cfg.fps, start=start / s.fps, max_frames=frames, size=short)
             got = np.asarray(video.frames)
             n = got.shape[0] if got.ndim == 4 else 0
             if n >= frames:
@@ -1176,18 +1151,17 @@ def _decode_test(path: Path, info: MediaInfo) -> None:
     the last frames (seeking there): a truncated or damaged tail fails here without decoding the
     whole video.
     """
-    io = _io()
     from tubelet.errors import VideoError
 
     if info.kind == "image":
-        img = np.asarray(io.read_image(path))
+        img = np.asarray(read_image(path))
         if img.ndim != 3 or img.shape[0] < 1 or img.shape[1] < 1:
             raise VideoError(path, f"image decoded to shape {img.shape}")
         return
     tail = min(info.num_frames, 2)
     t0 = max(0.0, (info.num_frames - tail) / info.fps)
     try:
-        last = io.read_video(path, start=t0, max_frames=tail)
+        last = read_video(path, start=t0, max_frames=tail)
         n = len(last.frames)
     except VideoError as e:
         n, why = 0, f" ({e.cause})"

@@ -19,7 +19,7 @@ Every sampler has the signature
   clean values and ``fn`` is told s = 0 for them, and the output holds them exactly;
 * ``callback(step, num_steps, x, denoised)`` is called after every step, ``step`` counting completed
   steps (1 .. num_steps), ``x`` the new state and ``denoised`` the clean-clip estimate x0_hat of the
-  step's model call (for progress bars and live previews).
+  step's model call (for progress bars and live previews); known frames hold their clean values there.
 
 Solvers: "euler" (first order) and two second-order multistep solvers in the data-prediction (x0)
 parameterisation, which cost no extra model calls: "unipc" (UniPC, B(h) = e^h - 1 variant "bh2",
@@ -234,7 +234,7 @@ def sample_euler(
             denoised = x - sig[i] * v
         x = x + (sig[i + 1] - sig[i]) * v
         if callback is not None:
-            callback(i + 1, n, x, denoised)
+            callback(i + 1, n, x, kc.apply(denoised))
     return kc.apply(x)
 
 
@@ -272,7 +272,7 @@ def sample_unipc(
         last_x, last_order = x, order
         x = _unip(x, ms, sig, i, order)
         if callback is not None:
-            callback(i + 1, n, x, m)
+            callback(i + 1, n, x, kc.apply(m))
     return kc.apply(x)
 
 
@@ -369,7 +369,7 @@ def sample_dpmpp_2m(
             x = _euler_from_x0(x, d, s0, t)
         m_prev = m
         if callback is not None:
-            callback(i + 1, n, x, m)
+            callback(i + 1, n, x, kc.apply(m))
     return kc.apply(x)
 
 

@@ -115,7 +115,7 @@ def collect_videos(folder: str | Path) -> list[VideoEntry]:
     Raises:
         DataError: the folder does not exist, its captions file is malformed, or it holds no video.
     """
-    from tubelet.io import VIDEO_EXTENSIONS, is_video_path
+    from tubelet.media import VIDEO_EXTENSIONS, is_video_path
 
     root = Path(folder)
     if not root.is_dir():
@@ -212,7 +212,7 @@ def evaluate_folder(
     """
     from tqdm import tqdm
 
-    from tubelet.io import read_video
+    from tubelet.media import read_video
 
     names = (
         parse_dimension_list(dims)

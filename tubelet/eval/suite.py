@@ -17,13 +17,13 @@ so a clip does not depend on which batch it was in.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tubelet.core.files import atomic_write_text
 from tubelet.errors import DataError, TubeletError
 
 __all__ = [
@@ -159,9 +159,7 @@ def _batches(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def generation_settings(meta: dict[str, Any]) -> dict[str, Any]:

@@ -150,13 +150,13 @@ DIT_PRESETS: dict[str, DiTConfig] = {
 
 
 def dit_config(spec: str | dict[str, Any] | DiTConfig) -> DiTConfig:
-    """A `DiTConfig` from a preset name, a plain dict (strictly checked) or a config (copied)."""
+    """A `DiTConfig` from a preset name (engine or recipe), a plain dict (strictly checked) or a config (copied)."""
     if isinstance(spec, DiTConfig):
         return replace(spec)
     if isinstance(spec, str):
-        if spec not in DIT_PRESETS:
-            raise ConfigError(f"unknown DiT preset {spec!r}; valid presets: {sorted(DIT_PRESETS)}")
-        return replace(DIT_PRESETS[spec])
+        from tubelet import registry  # recipes add their presets into DIT_PRESETS on first miss
+
+        return replace(registry.lookup("dit_preset", spec))
     if isinstance(spec, dict):
         return config_from_dict(DiTConfig, spec)
     raise ConfigError(f"expected a DiT preset name, dict or DiTConfig, got {type(spec).__name__}")

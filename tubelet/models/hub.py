@@ -10,7 +10,6 @@ register non-persistent buffers (compute tables like RoPE frequencies lazily in 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -19,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tubelet.config import config_from_dict, config_to_dict
+from tubelet.core.files import atomic_path, atomic_write_json
 from tubelet.errors import ConfigError, ModelLoadError
 
 CONFIG_NAME = "config.json"
@@ -74,9 +74,8 @@ def save_state_dict(
             v = v.clone()
         seen.add(ptr)
         clean[k] = v.contiguous()
-    tmp = p.with_name(p.name + ".tmp")
-    save_file(clean, str(tmp), metadata=metadata)
-    os.replace(tmp, p)
+    with atomic_path(p) as tmp:
+        save_file(clean, str(tmp), metadata=metadata)
 
 
 def name_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
@@ -129,9 +128,7 @@ class PretrainedMixin:
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         save_state_dict(state, d / WEIGHTS_NAME, metadata={"format": "pt", "class": type(self).__name__})
-        tmp = d / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, d / CONFIG_NAME)
+        atomic_write_json(d / CONFIG_NAME, cfg)
         return d
 
     @classmethod

@@ -92,7 +92,7 @@ def load_image(
     image: a path (an image, or a video whose first frame is used), a uint8 (H, W, 3) array or a PIL
     image; size: the output's (height, width), for the resize note.
     """
-    from tubelet.io import is_video_path, read_image, read_video
+    from tubelet.media import is_video_path, read_image, read_video
 
     if isinstance(image, (str, os.PathLike)):
         source = str(image)
@@ -125,10 +125,10 @@ def load_clip(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """A clip input -> uint8 (T, h, w, 3) at `fps` (any size; `to_pixels` fits it), plus a description.
 
-    video: a path, a `tubelet.io.Video` / `VideoResult` (frames + fps; resampled to `fps` if needed)
+    video: a path, a `tubelet.media.Video` / `VideoResult` (frames + fps; resampled to `fps` if needed)
     or a uint8 (T, H, W, 3) array taken to be at `fps`; out_size: the output's (height, width).
     """
-    from tubelet.io import probe_video, read_video
+    from tubelet.media import probe_video, read_video
 
     fps = float(fps)
     height, width = out_size

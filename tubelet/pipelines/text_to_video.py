@@ -38,8 +38,6 @@ known latent frames and which output frames are new. The pipeline holds no per-c
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,8 +49,10 @@ import torch
 from torch import nn
 
 from tubelet.config import config_from_dict, config_to_dict
+from tubelet.core.files import atomic_write_json
 from tubelet.diffusion.cond import Cond
 from tubelet.errors import TubeletError
+from tubelet.media import unit_to_frames
 from tubelet.models.codec import LatentCodec
 from tubelet.pipelines.inputs import Notes, load_clip, load_image, to_pixels
 from tubelet.pipelines.loading import default_model_dir
@@ -95,7 +95,7 @@ class VideoResult:
 
     def save(self, path: str | Path) -> Path:
         """Write mp4 (or gif) with the settings in the container metadata and a sidecar json."""
-        from tubelet.io import write_video
+        from tubelet.media import write_video
 
         return write_video(path, self.frames, self.fps, metadata=self.metadata)
 
@@ -203,9 +203,7 @@ class TextToVideoPipeline:
         # Informational (loading reads the factors from the VAE): record the ones this pipeline has.
         cfg["vae_scale_factor_spatial"] = self.vae.spatial_factor if self.vae is not None else 1
         cfg["vae_scale_factor_temporal"] = self._tf
-        tmp = d / "config.json.tmp"
-        tmp.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, d / "config.json")
+        atomic_write_json(d / "config.json", cfg)
         return d
 
     # ------------------------------------------------------------------ helpers
@@ -445,7 +443,7 @@ class TextToVideoPipeline:
     ) -> VideoResult | list[VideoResult]:
         """Continue `video` forward in time (or, with `backward=True`, generate what came before it).
 
-        `video`: a path, a `tubelet.io.Video` / `VideoResult` (frames + fps; resampled to the model's
+        `video`: a path, a `tubelet.media.Video` / `VideoResult` (frames + fps; resampled to the model's
         fps if needed) or a uint8 (T, H, W, 3) array taken to be at the model's fps. The output has
         num_frames frames and includes the known part: forward, the first 1 + tf (k - 1) output frames
         are the input's last frames (latents = encode of that tail, exactly as frame 0.. of a clip);
@@ -806,9 +804,7 @@ class TextToVideoPipeline:
         """Decode latents (B, C, F', H', W') (or `decode`, a part of them) into results with metadata."""
         cfg = self.config
         video = self.decode(z if decode is None else decode)  # (B, 3, T, H, W) in [-1, 1]
-        frames = (
-            ((video.permute(0, 2, 3, 4, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-        )
+        frames = unit_to_frames(video.permute(0, 2, 3, 4, 1)).cpu().numpy()  # (B, T, H, W, 3) uint8
         b = len(job.prompts)
         results = []
         for i, pr in enumerate(job.prompts):

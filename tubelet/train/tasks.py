@@ -16,17 +16,19 @@ from torch import nn
 from tubelet.diffusion.cond import Cond
 from tubelet.errors import ConfigError
 from tubelet.kernels import apply_cpu_kernels
+from tubelet.media import frames_to_unit, unit_to_frames
 from tubelet.models.codec import LatentCodec
 from tubelet.train.config import TrainConfig
 
 
-def _preset(value: Any, presets: dict[str, Any], cls: type, what: str) -> Any:
+def _preset(value: Any, kind: str, cls: type, what: str) -> Any:
+    """A component config from a preset name (engine or recipe, via `tubelet.registry`), a mapping
+    (strictly checked) or a config."""
+    from tubelet import registry
     from tubelet.config import config_from_dict
 
     if isinstance(value, str):
-        if value not in presets:
-            raise ConfigError(f"unknown {what} preset {value!r}; available: {sorted(presets)}")
-        return dataclasses.replace(presets[value])
+        return dataclasses.replace(registry.lookup(kind, value))
     if isinstance(value, dict):
         return config_from_dict(cls, value, where=what)
     if isinstance(value, cls):
@@ -38,7 +40,7 @@ def batch_video(batch: dict[str, Any], device: torch.device) -> torch.Tensor:
     """A batch's clips as float32 (B, 3, F, H, W) in [-1, 1] on `device`: decoded videos, or the uint8
     frames of a pixel cache (moved as uint8, a quarter of the bytes, and converted on the device)."""
     if "pixels" in batch:
-        return batch["pixels"].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        return frames_to_unit(batch["pixels"].to(device, non_blocking=True))
     return batch["video"].to(device, torch.float32)
 
 
@@ -83,7 +85,7 @@ class DiTTask:
 
     def __init__(self, cfg: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1) -> None:
         from tubelet import registry
-        from tubelet.models.dit import DIT_PRESETS, DiTConfig, VideoDiT
+        from tubelet.models.dit import DiTConfig, VideoDiT
         from tubelet.models.text import build_text_encoder, jointly_trainable, load_text_encoder
         from tubelet.models.vae import CausalVideoVAE
 
@@ -120,7 +122,7 @@ class DiTTask:
             if not cfg.train_text_encoder:
                 raise ConfigError("train_text_encoder: false needs text_encoder to be a pretrained directory")
         text_dim = text.dim if text is not None else self.frozen_text.dim  # type: ignore[union-attr]
-        dcfg = _preset(cfg.dit, DIT_PRESETS, DiTConfig, "dit")
+        dcfg = _preset(cfg.dit, "dit_preset", DiTConfig, "dit")
         if isinstance(cfg.dit, str):  # a preset adapts to the latent channels and text width
             dcfg = dataclasses.replace(dcfg, in_channels=channels, out_channels=channels, text_dim=text_dim)
         if dcfg.in_channels != channels or dcfg.text_dim != text_dim:
@@ -264,11 +266,11 @@ class VAETask:
     name = "vae"
 
     def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
-        from tubelet.models.vae import VAE_PRESETS, CausalVideoVAE, VAEConfig
+        from tubelet.models.vae import CausalVideoVAE, VAEConfig
 
         self.cfg = cfg
         self.device = device
-        vcfg = _preset(cfg.vae, VAE_PRESETS, VAEConfig, "vae")
+        vcfg = _preset(cfg.vae, "vae_preset", VAEConfig, "vae")
         vae = CausalVideoVAE(vcfg)
         # Start the posterior's log-variance at -4 (std 0.14) instead of 0: with the small KL weights
         # video VAEs use, a unit-variance posterior drowns the latents in noise and the decoder spends
@@ -310,7 +312,7 @@ class VAETask:
 
     @torch.no_grad()
     def write_samples(self, model: nn.Module, out_dir: Path, step: int) -> list[Path]:
-        from tubelet.io import write_video
+        from tubelet.media import write_video
 
         if self._fixed is None:
             return []
@@ -319,7 +321,7 @@ class VAETask:
         pair = torch.cat([video, recon], dim=-1)  # side by side: input | reconstruction
         paths = []
         for i in range(pair.shape[0]):
-            frames = ((pair[i].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().cpu().numpy()
+            frames = unit_to_frames(pair[i].permute(1, 2, 3, 0)).cpu().numpy()  # (T, H, W, 3) uint8
             paths.append(
                 write_video(
                     out_dir / f"step-{step:07d}-{i:02d}.mp4", frames, self.cfg.data.fps, sidecar=False

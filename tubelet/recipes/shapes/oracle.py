@@ -520,7 +520,7 @@ def evaluate_folder(directory: Path, *, progress: bool = True) -> dict[str, Any]
     plus "directory". Each video is decoded once even when it has several captions."""
     from tqdm import tqdm
 
-    from tubelet.io import read_video
+    from tubelet.media import read_video
 
     directory = Path(directory)
     cap_path = directory / "captions.jsonl"

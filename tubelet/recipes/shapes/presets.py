@@ -73,9 +73,8 @@ DATA_25K = "data/shapes-25k"
 CACHE = "cache/shapes-frames"
 CACHE_20K = "cache/shapes-frames-20k"
 CACHE_25K = "cache/shapes-frames-25k"
-HOLDOUT = (
-    "shapes-holdout"  # tubelet/recipes/shapes/suites/shapes-holdout.json (`tubelet data shapes --holdout`)
-)
+# the held-out combinations, tubelet/recipes/shapes/suites/shapes-holdout.json (`--holdout NAME`)
+HOLDOUT = "shapes-holdout"
 
 
 def run_dir(stage: str) -> str:
@@ -228,9 +227,9 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         optim=_cosine(1.5e-4, 50),
         max_steps=2000,
     ),
-    # DiT stage 5, on a GPU: stage 4's noise mix at batch 256 on 25,000 seeds. max_steps is the budget's
-    # ceiling; the shipped run was sized to its GPU budget: `--set max_steps=2847` (~5.2 min on one
-    # H100 beside another run; `scripts/train_on_gpu.sh` sizes it from a throughput probe).
+    # DiT stage 5, on a GPU: stage 4's noise mix at batch 256 on 25,000 seeds, 2,847 steps: the shipped
+    # run's length (~5.2 min on one H100 beside another run; `scripts/train_on_gpu.sh` sizes max_steps
+    # to another budget from a throughput probe, e.g. `--set max_steps=...`).
     "shapes-t2v-frames-gpu": _dit_stage(
         "shapes-t2v-frames-gpu",
         cache=CACHE_25K,
@@ -238,7 +237,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         data=_clips(256),
         flow=FlowConfig(caption_dropout=0.1, shift=5.0, logit_std=1.2, shift_mix=[5.0, 1.0]),
         optim=_cosine(2e-4, 100),
-        max_steps=4000,
+        max_steps=2847,
         log_every=50,
         save_every=1000,
     ),

@@ -60,7 +60,7 @@ def _write_one(
     held: Collection[tuple[str, str, str]],
 ) -> tuple[str, dict[str, str], dict[str, Any]] | None:
     """Render and write clip i of a dataset; None when it holds a held-out combination."""
-    from tubelet.io import write_video
+    from tubelet.media import write_video
 
     clip = make_clip((seed, i), frames=frames, size=size, fps=fps, noise=noise)
     if held and any((o.color, o.shape, o.motion) in held for o in clip.scene.spec.objects):
