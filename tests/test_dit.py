@@ -366,9 +366,11 @@ def test_old_config_json_with_removed_fields_loads_at_inert_defaults(tmp_path):
             VideoDiT.from_pretrained(tmp_path / "dit")
 
 
-def test_training_after_inference_mode():
-    """Tables cached during an inference-mode call (RoPE) do not break a later training step."""
-    model = tiny_model(seed=3)
+@pytest.mark.parametrize("conv", [0, 3])
+def test_training_after_inference_mode(conv: int):
+    """Tables cached during an inference-mode call (RoPE, the token convolution's shift matrices)
+    do not break a later training step."""
+    model = tiny_model(seed=3, conv_kernel=conv)
     x, t, ctx = inputs(2, 2, 4, 4)
     with torch.inference_mode():
         a = model(x, t, cond(ctx))
@@ -499,7 +501,7 @@ def test_presets_build_with_expected_sizes():
 
 
 def test_config_errors():
-    with pytest.raises(ConfigError, match="(?i)unknown dit preset"):
+    with pytest.raises(ConfigError, match=r"(?i)unknown dit preset"):
         dit_config("huge")
     with pytest.raises(ConfigError, match="unknown key"):
         dit_config({**_tiny_dict(), "depth": 3})

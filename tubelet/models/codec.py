@@ -13,6 +13,7 @@ without stats the normalisation is the identity.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +31,7 @@ class LatentCodec(nn.Module):
         pixel_channels: int = 3,
     ) -> None:
         super().__init__()
-        self.vae = vae
+        self.vae: Any = vae  # a CausalVideoVAE-like module: encode, decode, config, scale factors
         if (mean is None or std is None) and vae is not None:
             mean, std = vae.config.latents_mean, vae.config.latents_std
         if (mean is None) != (std is None):

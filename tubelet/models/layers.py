@@ -302,7 +302,7 @@ TOKEN_CONV_DENSE_MAX_TOKENS = 256
 
 # A memo of `_shift_matrices` (a pure function of its key, so sharing it between models changes no
 # result); bounded, so changing grids in a long-lived process does not grow it.
-_SHIFT_CACHE: dict[tuple[tuple[int, int, int], int, str, torch.dtype], Tensor] = {}
+_SHIFT_CACHE: dict[tuple[tuple[int, ...], int, str, torch.dtype, bool], Tensor] = {}
 _SHIFT_CACHE_MAX = 16
 
 
@@ -310,7 +310,9 @@ def _shift_matrices(grid: tuple[int, int, int], k: int, device: torch.device, dt
     """(k^3, N, N) 0/1 matrices: S[j, p, q] = 1 where token q is token p moved by kernel offset j
     (zero padding: offsets that leave the grid have no entry). j runs over (kf, kh, kw) in the
     order of a Conv3d weight's last three dimensions."""
-    key = (tuple(grid), k, str(device), dtype)
+    # inference-mode tensors cannot be saved for backward: those made under inference_mode are
+    # cached apart from those a training step may use
+    key = (tuple(grid), k, str(device), dtype, torch.is_inference_mode_enabled())
     s = _SHIFT_CACHE.get(key)
     if s is None:
         f, h, w = grid

@@ -162,9 +162,11 @@ class TextToVideoPipeline:
         *,
         compute_dtype: torch.dtype | None = None,
     ) -> None:
-        self.transformer = transformer.eval()
-        self.text_encoder = text_encoder.eval()
-        self.vae = vae.eval() if vae is not None else None
+        # Typed loosely (Any): any denoiser module with a `config` (patch_size, in_channels), any text
+        # encoder with `encode`, any VAE with `encode`/`decode` and scale factors.
+        self.transformer: Any = transformer.eval()
+        self.text_encoder: Any = text_encoder.eval()
+        self.vae: Any = vae.eval() if vae is not None else None
         self.config = config or PipelineConfig()
         # The one place that knows the latent normalisation (the pipeline config may override the VAE's).
         self.codec = LatentCodec(self.vae, mean=self.config.latents_mean, std=self.config.latents_std)

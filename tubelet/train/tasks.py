@@ -66,8 +66,8 @@ class TextToVideoModel(nn.Module):
 
     def __init__(self, dit: nn.Module, text: nn.Module | None) -> None:
         super().__init__()
-        self.dit = dit
-        self.text = text
+        self.dit: Any = dit
+        self.text: Any = text
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         if cond.text_ids is not None:
@@ -93,7 +93,7 @@ class DiTTask:
         self.device = device
         self.rank, self.world_size = rank, world_size
         # Frozen VAE (or pixel space).
-        self.vae = None
+        self.vae: Any = None
         if cfg.vae_path:
             self.vae = CausalVideoVAE.from_pretrained(cfg.vae_path).to(device).eval().requires_grad_(False)
             if device.type == "cpu":
@@ -102,7 +102,7 @@ class DiTTask:
         # Text encoder: a preset or config mapping (a fresh encoder, trained jointly; `_class` picks
         # the class, recipes' included) or a pretrained dir (frozen unless jointly trainable).
         te = cfg.text_encoder
-        self.frozen_text = None
+        self.frozen_text: Any = None
         self.text_dir: Path | None = None
         if isinstance(te, str) and registry.find("text_encoder_preset", te) is None:
             if not Path(te).exists():
