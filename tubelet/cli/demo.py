@@ -20,10 +20,11 @@ def demo(
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Generate one video with the embedded default model and print its path."""
-    from tubelet.pipelines import TextToVideoPipeline
+    from tubelet.pipelines import TextToVideoPipeline, VideoResult
 
     pipe = TextToVideoPipeline.from_pretrained()
     result = pipe(prompt, seed=seed)
+    assert isinstance(result, VideoResult)  # one prompt string gives one result
     path = result.save(out)
     typer.echo(f"prompt: {prompt}", err=True)
     typer.echo(str(Path(path).resolve()))

@@ -174,6 +174,7 @@ def cache_cmd(
     else:
         from tubelet.devices import resolve_device
 
+        assert model is not None  # checked above: a latent cache needs --model
         path = build_cache(
             data, model, out, data=data_cfg, batch_size=batch_size, clips_per_video=clips_per_video,
             device=resolve_device(device), workers=workers,

@@ -152,12 +152,14 @@ def _mid(src: str, dst: str) -> Iterator[tuple[str, str, _ShapeFn]]:
 
 def _mapping(model: CausalVideoVAE) -> Iterator[tuple[str, str, _ShapeFn]]:
     """Walk the tubelet model in diffusers' construction order, pairing parameter names."""
+    from tubelet.models.vae import _Level
     from tubelet.models.vae_layers import FrameAttention, ResBlock
 
     enc, dec = model.encoder, model.decoder
     yield from _conv("encoder.conv_in", "encoder.conv_in")
     flat = 0  # diffusers' encoder.down_blocks is one flat list of blocks and resamplers
     for i, level in enumerate(enc.levels):
+        assert isinstance(level, _Level)  # Encoder.levels holds _Level modules only
         for j, block in enumerate(level.blocks):
             dst = f"encoder.levels.{i}.blocks.{j}"
             if isinstance(block, ResBlock):
@@ -180,6 +182,7 @@ def _mapping(model: CausalVideoVAE) -> Iterator[tuple[str, str, _ShapeFn]]:
     yield from _conv("decoder.conv_in", "decoder.conv_in")
     yield from _mid("decoder.mid_block", "decoder.mid")
     for i, level in enumerate(dec.levels):
+        assert isinstance(level, _Level)  # Decoder.levels holds _Level modules only
         for j, block in enumerate(level.blocks):
             assert isinstance(block, ResBlock)  # attn_scales are rejected for diffusers checkpoints
             yield from _res(

@@ -76,7 +76,7 @@ def build_cache(
 
         apply_cpu_kernels(vae)
     codec = LatentCodec(vae)  # the cache stores raw latents; training normalises them (codec.normalize)
-    text = None
+    text: Any = None  # an HFTextEncoder when the model has one (duck-typed: `encode(texts)`)
     md = Path(model_dir)
     if (md / "text_encoder" / "config.json").is_file():
         raw = json.loads((md / "text_encoder" / "config.json").read_text())
@@ -300,15 +300,17 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         self.buckets = []
         remap: dict[int, int] = {}
         for i, (f, h, w) in enumerate(shapes):
-            match = [j for j, b in enumerate(self.cfg.buckets) if (b.frames, b.height, b.width) == (f, h, w)]
+            match = [
+                j for j, b in enumerate(self.cfg.bucket_list) if (b.frames, b.height, b.width) == (f, h, w)
+            ]
             if match:
                 remap[i] = match[0]
-        self.buckets = list(self.cfg.buckets)
+        self.buckets = list(self.cfg.bucket_list)
         self.samples = [s for s in index["samples"] if s["bucket"] in remap]
         if not self.samples:
             raise DataError(
                 f"{self.root}: the cache holds buckets {shapes}, none of which is in the training config's "
-                f"buckets {[(b.frames, b.height, b.width) for b in self.cfg.buckets]}"
+                f"buckets {[(b.frames, b.height, b.width) for b in self.cfg.bucket_list]}"
             )
         for s in self.samples:
             s["train_bucket"] = remap[s["bucket"]]

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 import torch
@@ -126,7 +126,7 @@ class DataConfig:
     max_replacements: int = 32
 
     def __post_init__(self) -> None:
-        buckets = []
+        buckets: list[Bucket | tuple[int, int, int, int]] = []
         for i, b in enumerate(self.buckets):
             if isinstance(b, Bucket):
                 buckets.append(b)
@@ -147,6 +147,14 @@ class DataConfig:
             raise ConfigError(f"DataConfig.num_workers: expected >= 0, got {self.num_workers}")
         if self.max_replacements < 1:
             raise ConfigError(f"DataConfig.max_replacements: expected >= 1, got {self.max_replacements}")
+
+    @property
+    def bucket_list(self) -> list[Bucket]:
+        """`buckets`, typed as what `__post_init__` made of it: a list of `Bucket` (the field's
+        annotation also admits the tuples a config file may give)."""
+        for b in self.buckets:
+            assert isinstance(b, Bucket), f"DataConfig.buckets holds {b!r}; build the config anew"
+        return cast(list[Bucket], self.buckets)
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,7 +441,8 @@ class SampleKey(NamedTuple):
     process, the loader worker or the order in which samples are produced.
     """
 
-    index: int
+    # a field named `index` shadows tuple.index; mypy rejects that, Python (and this API) do not
+    index: int  # type: ignore[assignment]
     epoch: int = 0
     seed: int = 0
 
@@ -530,8 +539,7 @@ class VideoDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | Path, cfg: DataConfig | None = None, *, progress: bool = True) -> None:
         self.root = Path(root)
         self.cfg = cfg or DataConfig()
-        buckets: list[Bucket] = self.cfg.buckets  # type: ignore[assignment]
-        self.buckets = buckets
+        buckets = self.buckets = self.cfg.bucket_list
         captions = read_captions(self.root, video_key=self.cfg.video_key, caption_key=self.cfg.caption_key)
         self.captions_file = captions.file
         by_path = captions.by_path()
@@ -964,12 +972,14 @@ class BucketLoader(torch.utils.data.DataLoader):
     (``set_epoch`` / ``load_state_dict``).
     """
 
+    dataset: VideoDataset  # (DataLoader types it as any Dataset)
+
     def __init__(
         self, dataset: VideoDataset, sampler: BucketBatchSampler, num_workers: int, **kwargs: Any
     ) -> None:
         super().__init__(
             dataset,
-            batch_sampler=_KeyedBatchSampler(sampler),  # type: ignore[arg-type]
+            batch_sampler=_KeyedBatchSampler(sampler),
             num_workers=num_workers,
             collate_fn=collate,
             **kwargs,
@@ -978,7 +988,8 @@ class BucketLoader(torch.utils.data.DataLoader):
         self._epoch, self._delivered = sampler.epoch, sampler.position
         self._synced_version = sampler.version
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    # a generator over the parent's batches (to count them), not a _BaseDataLoaderIter as declared
+    def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
         sampler = self._bucket_sampler
         if sampler.version == self._synced_version:
             sampler.epoch, sampler.position = self._epoch, self._delivered

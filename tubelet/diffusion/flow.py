@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, overload
 
 import torch
 
@@ -128,6 +128,10 @@ class FlowConfig:
 # ----------------------------------------------------------------------------------------------- #
 
 
+@overload
+def shift_sigmas(s: torch.Tensor, shift: float) -> torch.Tensor: ...
+@overload
+def shift_sigmas(s: float, shift: float) -> float: ...
 def shift_sigmas(s: torch.Tensor | float, shift: float) -> torch.Tensor | float:
     """SD3 timestep shift ``s' = shift * s / (1 + (shift - 1) * s)``.
 

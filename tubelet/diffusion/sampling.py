@@ -159,7 +159,7 @@ class _Conditioning:
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Reset the known frames of x to their clean values."""
-        if self.mask5 is None:
+        if self.mask5 is None or self.known is None:  # set together in __init__
             return x
         return torch.where(self.mask5, self.known, x)
 

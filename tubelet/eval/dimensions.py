@@ -436,6 +436,7 @@ def _load_hf(kind: str, path: str, device: str) -> Any:
         raise ModelLoadError(
             f"{path}: loading it needs the 'transformers' package ({e}); pip install transformers"
         ) from None
+    model: Any  # a ViTModel or a CLIPModel (transformers' `.to` typing trips mypy on either)
     try:
         if kind == "vit":
             model = transformers.ViTModel.from_pretrained(
@@ -749,7 +750,7 @@ def make_dimension(name: str, weights: str | Path | None = None, device: str = "
         reason = missing_weights(name, weights)
         if reason:
             raise WeightsMissingError(reason)
-        return cls(weights, device=device)  # type: ignore[call-arg]
+        return cls(weights, device=device)
     return cls()
 
 

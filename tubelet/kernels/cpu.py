@@ -37,7 +37,8 @@ _ONEDNN_LINEAR = (
 
 
 def _mkldnn_on() -> bool:
-    return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    # `enabled` is a bool at runtime; the stubs type the class attribute as its descriptor
+    return torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)
 
 
 def _linear_ok(x: Tensor, weight: Tensor) -> bool:
@@ -59,7 +60,7 @@ class _OneDNNLinear(nn.Linear):
     """`nn.Linear` whose CPU inference call is oneDNN's inner product (same math)."""
 
     def forward(self, input: Tensor) -> Tensor:
-        if _linear_ok(input, self.weight):
+        if _ONEDNN_LINEAR is not None and _linear_ok(input, self.weight):
             return _ONEDNN_LINEAR(input, self.weight, self.bias, "none", [], "")
         return F.linear(input, self.weight, self.bias)
 
@@ -81,7 +82,12 @@ class _FusedMLP(MLP):
 
     def forward(self, x: Tensor) -> Tensor:
         fc1 = self.fc1
-        if self.activation == "gelu_tanh" and _unhooked_onednn_linear(fc1) and _linear_ok(x, fc1.weight):
+        if (
+            _ONEDNN_LINEAR is not None
+            and self.activation == "gelu_tanh"
+            and _unhooked_onednn_linear(fc1)
+            and _linear_ok(x, fc1.weight)
+        ):
             h = _ONEDNN_LINEAR(x, fc1.weight, fc1.bias, "gelu", [], "tanh")
         else:
             h = self.act(fc1(x))

@@ -13,7 +13,7 @@ without stats the normalisation is the identity.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +33,8 @@ class LatentCodec(nn.Module):
         super().__init__()
         self.vae: Any = vae  # a CausalVideoVAE-like module: encode, decode, config, scale factors
         if (mean is None or std is None) and vae is not None:
-            mean, std = vae.config.latents_mean, vae.config.latents_std
+            vcfg = cast(Any, vae.config)  # a VAEConfig-like dataclass, not a submodule
+            mean, std = vcfg.latents_mean, vcfg.latents_std
         if (mean is None) != (std is None):
             raise ValueError("latent normalisation needs both mean and std (or neither)")
         self.pixel_channels = pixel_channels

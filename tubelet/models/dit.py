@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -324,7 +324,9 @@ class VideoDiT(nn.Module, PretrainedMixin):
         (`zero_head`) a zero output projection, so a fresh model predicts zero velocity. Modulation
         tables keep their N(0, 1/dim) init; token convolutions start at zero."""
         d = self.config.dim
-        fused = {id(lin) for blk in self.blocks for lin in (blk.self_attn.qkv, blk.cross_attn.kv)}
+        # DiTBlocks (possibly behind a wrapper that forwards attribute access, e.g. checkpointing)
+        blocks = cast("list[DiTBlock]", list(self.blocks))
+        fused = {id(lin) for blk in blocks for lin in (blk.self_attn.qkv, blk.cross_attn.kv)}
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 parts = m.weight.shape[0] // d if id(m) in fused else 1
@@ -337,8 +339,9 @@ class VideoDiT(nn.Module, PretrainedMixin):
                 nn.init.normal_(mlp.fc2.weight, std=0.02)
         if zero_head:
             nn.init.zeros_(self.proj_out.weight)
-        for blk in self.blocks:
+        for blk in blocks:
             if blk.token_conv is not None:
+                assert blk.token_conv.bias is not None  # built with the default bias=True
                 nn.init.zeros_(blk.token_conv.weight)
                 nn.init.zeros_(blk.token_conv.bias)
 

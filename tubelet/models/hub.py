@@ -168,4 +168,4 @@ class PretrainedMixin:
             raise RuntimeError(
                 f"{cls.__name__} registers non-persistent buffers {leftovers}; compute them lazily"
             )
-        return model.eval()  # type: ignore[attr-defined,return-value]
+        return model.eval()  # type: ignore[attr-defined]

@@ -22,7 +22,9 @@ stays below diffusers' (see docs/performance.md).
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -124,7 +126,7 @@ def set_attention_backend(model: nn.Module, name: str, *, kind: str = "all") -> 
         raise ValueError(f"kind must be 'self', 'cross' or 'all', got {kind!r}")
     for m in model.modules():
         if hasattr(m, "attention_backend") and kind in ("all", getattr(m, "attention_kind", None)):
-            m.attention_backend = name
+            typing.cast(Any, m).attention_backend = name  # a plain str attribute, not a submodule
     return model
 
 

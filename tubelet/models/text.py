@@ -45,7 +45,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -196,7 +196,8 @@ def check_texts(texts: object) -> None:
 def init_blocks(blocks: nn.ModuleList, std: float = 0.02) -> None:
     """GPT-2 style init of `TextBlock`s: N(0, std), output projections scaled by 1/sqrt(2 * layers)."""
     out_std = std / math.sqrt(2 * max(1, len(blocks)))
-    for blk in blocks:
+    for m in blocks:
+        blk = cast(TextBlock, m)  # a TextBlock (or a block with its qkv / fc1 / proj / fc2 layers)
         nn.init.normal_(blk.qkv.weight, std=std)
         nn.init.normal_(blk.fc1.weight, std=std)
         nn.init.normal_(blk.proj.weight, std=out_std)
@@ -362,7 +363,7 @@ class HFTextEncoder(nn.Module):
         super().__init__()
         if max_length < 1:
             raise ConfigError(f"HFTextEncoder: max_length must be >= 1, got {max_length}")
-        self.model = model
+        self.model: Any = model  # a transformers T5 / UMT5 encoder (`config`, `save_pretrained`, ...)
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "right"
         self.max_length = max_length

@@ -153,7 +153,7 @@ def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
 class _Level(nn.Module):
     """One resolution level: residual (+attention) blocks, then an optional resample layer."""
 
-    def __init__(self, blocks: list[nn.Module], resample: nn.Module | None) -> None:
+    def __init__(self, blocks: list[nn.Module], resample: Downsample | Upsample | None) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.resample = resample

@@ -164,5 +164,5 @@ def load_clip(
         "fps": float(src_fps),
         "frames": len(frames),  # at the model's fps
     }
-    _size_note(out_size, source, notes, tuple(src_hw))
+    _size_note(out_size, source, notes, (int(src_hw[0]), int(src_hw[1])))
     return frames, info

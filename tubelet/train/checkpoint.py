@@ -26,7 +26,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -69,7 +69,8 @@ def gather_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Full state dict with clean names (no 'module.' / compile prefixes). Collective under FSDP."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    return get_model_state_dict(model, options=_options())
+    # a model's state dict holds tensors only (the stub's value type also allows nested containers)
+    return cast(dict[str, torch.Tensor], get_model_state_dict(model, options=_options()))
 
 
 def frozen_parameter_names(model: nn.Module) -> set[str]:
@@ -183,7 +184,7 @@ def load_checkpoint(
                 f"{path / 'model.safetensors'}: does not match this run's trainable weights "
                 f"(missing {missing[:5]}, unexpected {extra[:5]})"
             )
-    set_model_state_dict(model, model_sd, options=_options(strict=expected is None))
+    set_model_state_dict(model, cast(dict[str, Any], model_sd), options=_options(strict=expected is None))
     optim_sd = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
     set_optimizer_state_dict(model, optim, optim_sd, options=_options())
     ema = load_safetensors(path / "ema.safetensors") if (path / "ema.safetensors").is_file() else None
@@ -205,7 +206,9 @@ def _to_tuple(s: list[Any]) -> tuple[Any, ...]:
 
 
 def _np_rng() -> list[Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state()  # legacy=True (the default): always the 5-tuple
+    assert isinstance(state, tuple)
+    name, keys, pos, has_gauss, cached = state
     return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
 
 

@@ -124,7 +124,7 @@ class TrainConfig:
 
 
 def _small_data(frames: int, size: int, batch: int, image_batch: int = 0, workers: int = 0) -> DataConfig:
-    buckets = [Bucket(frames, size, size, batch)]
+    buckets: list[Bucket | tuple[int, int, int, int]] = [Bucket(frames, size, size, batch)]
     if image_batch:
         buckets.append(Bucket(1, size, size, image_batch))
     return DataConfig(fps=8.0, buckets=buckets, num_workers=workers, random_start=False)

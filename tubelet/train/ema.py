@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import nn
 
@@ -47,9 +49,10 @@ class EMA:
         for n, s in zip(self.names, self.shadow, strict=True):
             src = state[_strip(n, prefix_strip)]
             if hasattr(s, "full_tensor"):  # sharded: take this rank's shard
-                from torch.distributed.tensor import distribute_tensor
+                from torch.distributed.tensor import DTensor, distribute_tensor
 
-                s.copy_(distribute_tensor(src.to(s.device), s.device_mesh, s.placements))
+                d = typing.cast(DTensor, s)  # the shadow of an FSDP2 parameter is a DTensor
+                s.copy_(distribute_tensor(src.to(s.device), d.device_mesh, d.placements))
             else:
                 s.copy_(src)
         self.num_updates = num_updates

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from tubelet.kernels import apply_cpu_kernels
 from tubelet.media import frames_to_unit, unit_to_frames
 from tubelet.models.codec import LatentCodec
 from tubelet.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from tubelet.models.vae import CausalVideoVAE
 
 
 def _preset(value: Any, kind: str, cls: type, what: str) -> Any:
@@ -121,7 +124,7 @@ class DiTTask:
             text = build_text_encoder(te)
             if not cfg.train_text_encoder:
                 raise ConfigError("train_text_encoder: false needs text_encoder to be a pretrained directory")
-        text_dim = text.dim if text is not None else self.frozen_text.dim  # type: ignore[union-attr]
+        text_dim = text.dim if text is not None else self.frozen_text.dim
         dcfg = _preset(cfg.dit, "dit_preset", DiTConfig, "dit")
         if isinstance(cfg.dit, str):  # a preset adapts to the latent channels and text width
             dcfg = dataclasses.replace(dcfg, in_channels=channels, out_channels=channels, text_dim=text_dim)
@@ -158,7 +161,7 @@ class DiTTask:
             ids, mask = self.model.text.tokenize(captions)
             return ids.to(self.device), mask.to(self.device)
         with torch.no_grad():
-            emb = self.frozen_text.encode(captions)  # type: ignore[union-attr]
+            emb = self.frozen_text.encode(captions)
         return emb.context.to(self.device, torch.float32), emb.mask.to(self.device)
 
     def _cached_text(self, batch: dict[str, Any], captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,7 +222,7 @@ class DiTTask:
         from tubelet.pipelines import PipelineConfig, TextToVideoPipeline
 
         text = model.text if model.text is not None else self.frozen_text
-        bucket = max(self.cfg.data.buckets, key=lambda b: b.frames)
+        bucket = max(self.cfg.data.bucket_list, key=lambda b: b.frames)
         pcfg = PipelineConfig(
             height=bucket.height,
             width=bucket.width,
@@ -276,7 +279,9 @@ class VAETask:
         # video VAEs use, a unit-variance posterior drowns the latents in noise and the decoder spends
         # its first thousands of steps reading noise (measured: 0.39 vs 0.09 L1 after 60 steps).
         with torch.no_grad():
-            vae.quant_conv.bias[vcfg.z_dim :] = -4.0
+            bias = vae.quant_conv.bias
+            assert bias is not None  # nn.Conv3d has a bias by default
+            bias[vcfg.z_dim :] = -4.0
         if cfg.init_from:
             d = Path(cfg.init_from)
             d = d / "vae" if (d / "vae").is_dir() else d
@@ -301,8 +306,8 @@ class VAETask:
         diff = recon.float() - video
         err = diff.abs() if self.cfg.recon_loss == "l1" else diff.square()  # (B, 3, F, H, W)
         if self.cfg.recon_foreground_weight > 0:
-            w = foreground_weights(video, self.cfg.recon_foreground_weight)  # (B, 1, F, H, W)
-            rec = ((err * w).flatten(1).sum(1) / (w.flatten(1).sum(1) * err.shape[1])).mean()
+            fw = foreground_weights(video, self.cfg.recon_foreground_weight)  # (B, 1, F, H, W)
+            rec = ((err * fw).flatten(1).sum(1) / (fw.flatten(1).sum(1) * err.shape[1])).mean()
         else:
             rec = err.mean()
         kl = gaussian_kl(mean.float(), logvar.float()).mean() / video[0].numel()
@@ -311,7 +316,7 @@ class VAETask:
         return loss, {"tokens": b * f * h * w, "samples": b, "rec": rec.detach(), "kl": kl.detach()}
 
     @torch.no_grad()
-    def write_samples(self, model: nn.Module, out_dir: Path, step: int) -> list[Path]:
+    def write_samples(self, model: CausalVideoVAE, out_dir: Path, step: int) -> list[Path]:
         from tubelet.media import write_video
 
         if self._fixed is None:
@@ -330,7 +335,7 @@ class VAETask:
         return paths
 
     @torch.no_grad()
-    def export(self, model: nn.Module, out: Path, batches: list[torch.Tensor] | None = None) -> Path:
+    def export(self, model: CausalVideoVAE, out: Path, batches: list[torch.Tensor] | None = None) -> Path:
         """Save the VAE with per-channel latent mean/std measured on `batches` (the pipeline's normalisation)."""
         if batches:
             zs = torch.cat(

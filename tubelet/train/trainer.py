@@ -30,6 +30,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ class _Batches:
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader
-        self._it = None
+        self._it: Iterator[dict[str, Any]] | None = None
 
     def __next__(self) -> dict[str, Any]:
         while True:
@@ -123,7 +124,7 @@ def build_batches(
 
         ds: Any = LatentCacheDataset(cfg.cache, cfg.data)
         sampler = BucketBatchSampler(
-            ds.bucket_ids(), [b.batch_size for b in cfg.data.buckets], seed=cfg.seed,
+            ds.bucket_ids(), [b.batch_size for b in cfg.data.bucket_list], seed=cfg.seed,
             rank=info.rank, world_size=info.world_size,
         )  # fmt: skip
         source: Any = _CacheBatches(ds, sampler)
@@ -138,13 +139,15 @@ def build_batches(
     if len(sampler) == 0:
         raise TubeletError(
             f"{where}: {len(ds)} samples are fewer than one batch of any bucket "
-            f"({[(b.frames, b.height, b.width, b.batch_size) for b in cfg.data.buckets]} x {info.world_size} ranks)"
+            f"({[(b.frames, b.height, b.width, b.batch_size) for b in cfg.data.bucket_list]} x {info.world_size} ranks)"
         )
     return source, ds
 
 
 class _CacheBatches:
     """Endless batches from an in-memory latent cache (no workers needed, so no prefetch)."""
+
+    _it: Iterator[list[Any]] | None  # the sampler's keyed batches (lists of SampleKey)
 
     def __init__(self, ds: Any, sampler: Any) -> None:
         self.ds, self.sampler, self._it = ds, sampler, None
@@ -171,17 +174,18 @@ class _CacheBatches:
 @contextlib.contextmanager
 def _no_grad_sync(model: nn.Module, active: bool):
     """Skip the gradient all-reduce on accumulation micro-steps (DDP no_sync / FSDP2 flag)."""
+    m: Any = model  # DDP (`no_sync`) or an FSDP2 module (`set_requires_gradient_sync`)
     if not active:
         yield
-    elif hasattr(model, "no_sync"):
-        with model.no_sync():
+    elif hasattr(m, "no_sync"):
+        with m.no_sync():
             yield
-    elif hasattr(model, "set_requires_gradient_sync"):
-        model.set_requires_gradient_sync(False)
+    elif hasattr(m, "set_requires_gradient_sync"):
+        m.set_requires_gradient_sync(False)
         try:
             yield
         finally:
-            model.set_requires_gradient_sync(True)
+            m.set_requires_gradient_sync(True)
     else:
         yield
 
@@ -510,7 +514,7 @@ def export_checkpoint(
             have = ", ".join(str(int(p.name.split("-")[1])) for p in found)
             raise TubeletError(f"{run}: no checkpoint at step {step} (have: {have})")
     task = build_task(cfg, torch.device("cpu"))
-    model = task.model
+    model: Any = task.model  # DiTTask's TextToVideoModel or VAETask's VAE: what its `export` takes
     state = load_safetensors(path / "model.safetensors")
     ema_file = path / "ema.safetensors"
     if use_ema:

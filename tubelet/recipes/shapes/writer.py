@@ -57,7 +57,7 @@ def _write_one(
     size: tuple[int, int],
     fps: float,
     noise: float,
-    held: Collection[tuple[str, str, str]],
+    held: Collection[tuple[str, ...]],  # (color, shape, motion) triples
 ) -> tuple[str, dict[str, str], dict[str, Any]] | None:
     """Render and write clip i of a dataset; None when it holds a held-out combination."""
     from tubelet.media import write_video
