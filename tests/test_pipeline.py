@@ -399,3 +399,41 @@ def test_pipeline_is_exported_at_package_top_level() -> None:
 
     with pytest.raises(AttributeError, match="no_such_name"):
         tubelet.no_such_name  # noqa: B018
+
+
+def test_generation_request_round_trip_validation_and_generate(
+    pipe: TextToVideoPipeline, tmp_path: Path
+) -> None:
+    """A request validates without a model, survives to_dict/from_dict, and `generate` gives the clip
+    the keywords give, with the request (its seed filled in) in the metadata; the caller's request is
+    left as it was."""
+    from tubelet.pipelines import GenerationRequest, RequestError
+
+    req = GenerationRequest("a red circle moving right", seed=3, num_inference_steps=2)
+    assert GenerationRequest.from_dict(req.to_dict()) == req
+    out = pipe.generate(req, progress=False)
+    same = pipe("a red circle moving right", seed=3, num_inference_steps=2, progress=False)
+    assert np.array_equal(out.frames, same.frames)
+    assert out.metadata["request"] == req.to_dict()
+
+    unseeded = GenerationRequest("a red circle moving right", num_inference_steps=2)
+    res = pipe.generate(unseeded, progress=False)
+    assert unseeded.seed is None and isinstance(res.metadata["request"]["seed"], int)
+    again = pipe.generate(GenerationRequest.from_dict(res.metadata["request"]), progress=False)
+    assert np.array_equal(again.frames, res.frames)  # the sidecar's request reproduces the clip
+
+    bad = [
+        (dict(seed=2**64), "seed"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(strength=0.5), "strength only applies"),
+        (dict(task="i2v"), "needs an image"),
+        (dict(task="edit", video=str(tmp_path / "nope.mp4")), "file not found"),
+        (dict(prompt="a \ud800 b"), "not valid text"),
+        (dict(task="zoom"), "task"),
+    ]
+    for fields, message in bad:
+        kw = {"prompt": "a red circle", **fields}
+        with pytest.raises(RequestError, match=message):
+            GenerationRequest(**kw).validate()
+    with pytest.raises(RequestError, match="unknown"):
+        GenerationRequest.from_dict({"prompt": "x", "colour": "red"})

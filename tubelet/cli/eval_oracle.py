@@ -75,7 +75,7 @@ def oracle(
         path = out if out is not None else videos / "oracle.json"
     else:
         assert suite is not None
-        from tubelet.cli.generate import load_pipeline
+        from tubelet.pipelines import load_pipeline
         from tubelet.recipes.shapes import suite_path
         from tubelet.recipes.shapes.oracle import evaluate_model, read_suite
 
@@ -83,7 +83,7 @@ def oracle(
         items = read_suite(suite)  # a broken suite fails before the model loads
         if limit is not None:
             items = items[:limit]
-        pipe = load_pipeline(model, device)
+        pipe = load_pipeline(model, device=device)
         overrides = {"num_inference_steps": steps, "guidance_scale": guidance, "sampler": sampler}
         report = evaluate_model(
             pipe, items, batch_size=batch_size, videos_out=videos_out, progress=progress,

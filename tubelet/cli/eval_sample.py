@@ -29,10 +29,10 @@ def eval_sample(
 
     Run the official VBench on OUT elsewhere, or score it here with `tubelet eval videos OUT`.
     """
-    from tubelet.cli.generate import load_pipeline
     from tubelet.eval.suite import read_prompts, sample_prompts
+    from tubelet.pipelines import load_pipeline
 
     items = read_prompts(prompts)
-    pipe = load_pipeline(model, device)
+    pipe = load_pipeline(model, device=device)
     paths = sample_prompts(pipe, items, out, samples, seed=seed, batch_size=batch_size, progress=progress)
     typer.echo(f"wrote {len(paths)} clips ({len(items)} prompts x {samples}) to {out}")

@@ -4,38 +4,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Tuple  # noqa: UP035 - typer needs these on py3.10
+from typing import Optional, Tuple  # noqa: UP035 - typer needs these on py3.10
 
 import typer
 
 from tubelet.cli.apps import app
-
-if TYPE_CHECKING:
-    from tubelet.pipelines import TextToVideoPipeline
 
 
 def slugify(text: str, max_len: int = 60) -> str:
     """A file-name-safe slug of a prompt: lower case, runs of non-word characters -> "-" (CJK kept)."""
     s = re.sub(r"[^\w]+", "-", text.lower()).strip("-_")
     return s[:max_len].rstrip("-_") or "video"
-
-
-def load_pipeline(model: Path | None, device: str = "auto") -> TextToVideoPipeline:
-    """`tubelet.pipelines.load_pipeline` (kept for the CLI modules that import it from here)."""
-    from tubelet.pipelines import load_pipeline as load
-
-    return load(model, device=device)
-
-
-def check_inputs(paths: list[Path]) -> None:
-    """Fail before loading a model when an input file is missing."""
-    from tubelet.errors import VideoError
-
-    for p in paths:
-        if not p.exists():
-            raise VideoError(p, "file not found")
-        if p.is_dir():
-            raise VideoError(p, "is a directory, expected an image or video file")
 
 
 def check_output(path: Path) -> None:
@@ -123,7 +102,7 @@ def generate(
         raise TubeletError("--strength only applies to --edit")
     if context is not None and extend is None and connect is None:
         raise TubeletError("--context only applies to --extend and --connect")
-    from tubelet.pipelines import GenerationRequest
+    from tubelet.pipelines import GenerationRequest, load_pipeline
 
     task, video, video_b = "t2v", None, None
     if image is not None or last_image is not None:
@@ -157,12 +136,11 @@ def generate(
         context_latents=context,
         strength=strength,
     )
-    check_inputs(request.inputs())
-    request.validate()  # everything that needs no model, before loading one
+    request.validate()  # everything that needs no model (input files included), before loading one
     path = out if out is not None else Path("outputs") / f"{slugify(prompt)}-{seed}.mp4"
     check_output(path)
 
-    pipe = load_pipeline(model, device)
+    pipe = load_pipeline(model, device=device)
     result = pipe.generate(
         request, progress=progress, on_note=lambda message: typer.echo(f"note: {message}", err=True)
     )

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,7 @@ class _Job:
     seed: int | list[int] | None
     generators: list[torch.Generator]  # one shared by the batch, or one per prompt
     on_note: Callable[[str], None] | None = None  # where input adjustments are reported
+    extra_metadata: dict[str, Any] = field(default_factory=dict)  # added to every result's metadata
     text: tuple[Any, ...] | None = None  # encoded prompts, cached between passes
 
 
@@ -290,7 +291,7 @@ class TextToVideoPipeline:
         """
         job = self._job(
             prompt, negative_prompt, num_frames, height, width, num_inference_steps, guidance_scale,
-            seed, generator, sampler, on_note,
+            seed, generator, sampler, on_note, extra_metadata,
         )  # fmt: skip
         shape = self.latent_shape(job.num_frames, job.height, job.width)
         b = len(job.prompts)
@@ -307,7 +308,7 @@ class TextToVideoPipeline:
         if strength is not None and start is None:
             raise TubeletError("strength is only used with start_latents (SDEdit); pass both")
         task = "t2v" if known is None and start is None else "conditioned"
-        extra = {"task": task, **(extra_metadata or {})}
+        extra = {"task": task}
         return self._run(
             job, shape, extra, known=known, mask=mask, start=start,
             strength=1.0 if strength is None else strength, callback=callback, progress=progress,
@@ -330,6 +331,8 @@ class TextToVideoPipeline:
         for a live preview through `decode`); on_note receives each input adjustment once.
         """
         request.validate()
+        if request.seed is None:  # the request in the metadata names the seed that made the clip
+            request = replace(request, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
         r = request
         kw: dict[str, Any] = {
             "seed": r.seed,
@@ -344,8 +347,6 @@ class TextToVideoPipeline:
             "progress": progress,
             "on_note": on_note,
         }
-        if r.seed is None:  # the request in the metadata names the seed that made the clip
-            kw["seed"] = r.seed = int(torch.randint(0, 2**31 - 1, ()).item())
         meta = {"request": r.to_dict()}
         if r.task == "i2v":
             result = self.image_to_video(
@@ -395,7 +396,6 @@ class TextToVideoPipeline:
         alone gives a clip that ends on it.
         """
         callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
-        more = kwargs.pop("extra_metadata", None) or {}
         job = self._job(prompt, **kwargs)
         c, f, h, w = shape = self.latent_shape(job.num_frames, job.height, job.width)
         if image is None and last_image is None:
@@ -423,14 +423,7 @@ class TextToVideoPipeline:
             mask[:, -1] = True
         extra = {"task": task, "inputs": inputs}
         return self._run(
-            job,
-            shape,
-            {**extra, **more},
-            known=known,
-            mask=mask,
-            notes=notes,
-            callback=callback,
-            progress=progress,
+            job, shape, extra, known=known, mask=mask, notes=notes, callback=callback, progress=progress
         )
 
     @torch.no_grad()
@@ -454,7 +447,6 @@ class TextToVideoPipeline:
         = k, the known latent frames (default: half the output, at most what the input holds).
         """
         callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
-        more = kwargs.pop("extra_metadata", None) or {}
         job = self._job(prompt, **kwargs)
         c, f, h, w = shape = self.latent_shape(job.num_frames, job.height, job.width)
         task = "extend_backward" if backward else "extend_forward"
@@ -480,14 +472,7 @@ class TextToVideoPipeline:
             mask[:, :k] = True
         extra = {"task": task, "inputs": {"video": info}, "context_latents": k, "context_frames": n}
         return self._run(
-            job,
-            shape,
-            {**extra, **more},
-            known=known,
-            mask=mask,
-            notes=notes,
-            callback=callback,
-            progress=progress,
+            job, shape, extra, known=known, mask=mask, notes=notes, callback=callback, progress=progress
         )
 
     @torch.no_grad()
@@ -507,7 +492,6 @@ class TextToVideoPipeline:
         latent frame is generated). Inputs as for `extend`; needs num_frames >= 1 + 2 tf.
         """
         callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
-        more = kwargs.pop("extra_metadata", None) or {}
         job = self._job(prompt, **kwargs)
         c, f, h, w = shape = self.latent_shape(job.num_frames, job.height, job.width)
         if f < 3:
@@ -537,14 +521,7 @@ class TextToVideoPipeline:
             "context_frames": [na, nb],
         }
         return self._run(
-            job,
-            shape,
-            {**extra, **more},
-            known=known,
-            mask=mask,
-            notes=notes,
-            callback=callback,
-            progress=progress,
+            job, shape, extra, known=known, mask=mask, notes=notes, callback=callback, progress=progress
         )
 
     @torch.no_grad()
@@ -559,7 +536,6 @@ class TextToVideoPipeline:
         right before the clip returns to its first frame. Twice the sampling cost of one clip.
         """
         callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
-        more = kwargs.pop("extra_metadata", None) or {}
         job = self._job(prompt, **kwargs)
         shape = self.latent_shape(job.num_frames, job.height, job.width)
         f = shape[1]
@@ -589,7 +565,7 @@ class TextToVideoPipeline:
             "new_frames": [[1, job.num_frames]],
             "closing_latent": f"latent frames {f}..{f + u - 1} (still encoding of frame 0) are sampled, not decoded",
         }
-        return self._finish(job, z, shift, {**extra, **more}, decode=z[:, :, :f])
+        return self._finish(job, z, shift, extra, decode=z[:, :, :f])
 
     @torch.no_grad()
     def edit(
@@ -603,7 +579,6 @@ class TextToVideoPipeline:
         num_frames defaults to the input's length rounded down to 1 + tf k frames.
         """
         callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
-        more = kwargs.pop("extra_metadata", None) or {}
         if not 0.0 <= float(strength) <= 1.0:
             raise TubeletError(f"edit strength must be in [0, 1], got {strength}")
         requested = kwargs.pop("num_frames", None)
@@ -631,7 +606,7 @@ class TextToVideoPipeline:
             "new_frames": [[0, job.num_frames]] if strength > 0 else [],
         }
         return self._run(
-            job, shape, {**extra, **more}, start=start, strength=float(strength), notes=notes, callback=callback,
+            job, shape, extra, start=start, strength=float(strength), notes=notes, callback=callback,
             progress=progress,
         )  # fmt: skip
 
@@ -649,6 +624,7 @@ class TextToVideoPipeline:
         generator: torch.Generator | None = None,
         sampler: str | None = None,
         on_note: Callable[[str], None] | None = None,
+        extra_metadata: dict[str, Any] | None = None,
     ) -> _Job:
         """Resolve a call's settings against the model's defaults, with clear errors."""
         from tubelet.diffusion.sampling import SAMPLERS
@@ -691,6 +667,7 @@ class TextToVideoPipeline:
             seed=seed,
             generators=gens,
             on_note=on_note,
+            extra_metadata=dict(extra_metadata or {}),
         )
 
     def _noise(self, job: _Job, shape: tuple[int, int, int, int]) -> torch.Tensor:
@@ -828,6 +805,7 @@ class TextToVideoPipeline:
                 "shift": shift,
                 "fps": cfg.fps,
                 **extra,
+                **job.extra_metadata,
             }
             results.append(VideoResult(frames[i], cfg.fps, meta, latents=z[i].detach().float().cpu()))
         return results[0] if job.single else results
