@@ -138,7 +138,7 @@ def test_generate_errors(
     assert "file not found" in run_error(
         capsys, "generate", PROMPT, *m, "--image", str(tmp_path / "nope.png")
     )
-    assert "1 + 4k frames" in run_error(capsys, "generate", PROMPT, *m, "--frames", "8")
+    assert "1 + 4k" in run_error(capsys, "generate", PROMPT, *m, "--loop", "--frames", "8")
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 64)  # an mp4 header with nothing behind it
     assert str(bad) in run_error(capsys, "generate", PROMPT, *m, "--extend", str(bad))

@@ -130,8 +130,17 @@ def test_callback_gets_each_steps_state_and_clean_estimate(pipe: TextToVideoPipe
 
 
 def test_bad_settings_are_clear_errors(pipe: TextToVideoPipeline) -> None:
-    with pytest.raises(TubeletError, match=r"1 \+ 4k frames"):
-        gen(pipe, "__call__", PROMPT, num_frames=8)
+    # A length the model cannot make: the next one is generated and trimmed back, with a note...
+    notes: list[str] = []
+    r = gen(pipe, "__call__", PROMPT, num_frames=8, on_note=notes.append)
+    assert r.frames.shape[0] == 8 and r.metadata["num_frames"] == 8 and r.metadata["generated_frames"] == 9
+    assert notes == ["num_frames=8: this model makes 1 + 4k frames; generated 9 and kept the first 8"]
+    assert r.metadata["notes"] == notes
+    full = gen(pipe, "__call__", PROMPT, num_frames=9)
+    assert np.array_equal(r.frames, full.frames[:8])  # the same clip, cut
+    # ... except for tasks that fix both ends of the clip: those name the lengths the model makes
+    with pytest.raises(TubeletError, match=r"loop fixes both ends.*1 \+ 4k.*\[1, 5, 9, 13, 17\]"):
+        gen(pipe, "loop", PROMPT, num_frames=8)
     with pytest.raises(TubeletError, match="multiples of 16"):
         gen(pipe, "__call__", PROMPT, height=20)
     with pytest.raises(TubeletError, match="unknown sampler"):
@@ -378,8 +387,10 @@ def test_pixel_space_tubelets_every_task() -> None:
     assert np.array_equal(loop.frames[0], t2v.frames[0])  # pass 1 is the plain sample
     edit = gen(pix, "edit", PROMPT, clip, strength=0.5)
     assert edit.frames.shape[0] == 20
-    with pytest.raises(TubeletError, match="multiples of 4 frames"):
-        gen(pix, "__call__", PROMPT, num_frames=17)
+    seventeen = gen(pix, "__call__", PROMPT, num_frames=17)
+    assert seventeen.frames.shape[0] == 17 and seventeen.metadata["generated_frames"] == 20
+    with pytest.raises(TubeletError, match=r"connect fixes both ends.*multiples of 4"):
+        gen(pix, "connect", PROMPT, clip, other, num_frames=17)
 
 
 def test_pipeline_is_exported_at_package_top_level() -> None:

@@ -7,7 +7,6 @@ instance living next to the component. Unknown keys are errors (ConfigError), ne
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from collections.abc import Mapping
@@ -103,6 +102,38 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], *, where: str | None
         raise ConfigError(f"{where}: {e}") from None
 
 
+# Upper bounds of model sizes read from configs: far above any real model (Wan2.1 14B: dim 5120,
+# 40 layers, ffn 13824), low enough that a typo or a hostile file cannot make a model that takes
+# hours to build or more memory than any machine has. A config beyond them is an error naming the key.
+MODEL_LIMITS: dict[str, int] = {
+    "dim": 65_536,
+    "num_layers": 1_024,
+    "num_heads": 1_024,
+    "ffn_dim": 262_144,
+    "text_dim": 65_536,
+    "in_channels": 4_096,
+    "out_channels": 4_096,
+    "freq_dim": 65_536,
+    "base_dim": 4_096,
+    "decoder_base_dim": 4_096,
+    "z_dim": 4_096,
+    "num_res_blocks": 64,
+    "time_kernel": 15,
+    "max_length": 65_536,
+    "rope_max_seq_len": 1_048_576,
+    "conv_kernel": 15,
+}
+
+
+def check_model_limits(cfg: Any) -> None:
+    """ConfigError when an integer field of a model config is above its `MODEL_LIMITS` bound."""
+    name = type(cfg).__name__
+    for key, limit in MODEL_LIMITS.items():
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+            raise ConfigError(f"{name}.{key}={value} is above the limit {limit:,} (a typo?)")
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Dataclass -> JSON-friendly dict (tuples become lists)."""
 
@@ -119,20 +150,12 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON file into a dict, with a clear error naming the file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
-    text = p.read_text(encoding="utf-8")
-    try:
-        if p.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+    """Read a YAML or JSON file into a dict, with a clear error naming the file (`tubelet.core.parsing`)."""
+    from tubelet.core.parsing import read_structured
 
-            data = yaml.safe_load(text)
-    except Exception as e:
-        raise ConfigError(f"{p}: cannot parse ({e})") from None
+    p = Path(path)
+    data = read_structured(p, error=ConfigError)
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{p}: expected a mapping (key: value lines) at the top level, got {got}")
     return data

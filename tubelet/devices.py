@@ -52,4 +52,66 @@ def resolve_device(requested: str = "auto", local_rank: int = 0) -> torch.device
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             raise DeviceError(f"device {requested!r}: MPS is not available in this torch / on this machine")
+    elif dev.type == "cpu" and dev.index not in (None, 0):
+        raise DeviceError(f"device {requested!r}: the CPU has no index (use --device cpu)")
     return dev
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory estimates: refuse work that cannot fit, before allocating it
+
+
+class MemoryEstimateError(DeviceError):
+    """A job's estimated memory is more than the device has available."""
+
+
+MEMORY_CHECK_ENV = "TUBELET_MEMORY_CHECK"
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a new allocation can still get on `device` (None: unknown, e.g. MPS)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            import os
+
+            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def check_memory(needed: float, device: torch.device, what: str, *, lower: str) -> None:
+    """MemoryEstimateError when `needed` bytes (an estimate) exceed what `device` has available.
+
+    `lower` says what the user can reduce. Set TUBELET_MEMORY_CHECK=off to skip the check (the
+    estimate is deliberately rough; swap, unified memory or offloading may make more room).
+    """
+    import os
+
+    if os.environ.get(MEMORY_CHECK_ENV, "on").strip().lower() in ("0", "off", "false", "no"):
+        return
+    avail = available_memory(device)
+    if avail is None or needed <= avail:
+        return
+    raise MemoryEstimateError(
+        f"{what} needs about {format_bytes(needed)} of memory, but {device} has {format_bytes(avail)} "
+        f"available; lower {lower}, or set {MEMORY_CHECK_ENV}=off to try anyway"
+    )

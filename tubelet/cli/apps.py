@@ -16,6 +16,18 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(
+        False, "--debug", help="Print full tracebacks instead of one-line errors (or set TUBELET_DEBUG=1)."
+    ),
+) -> None:
+    """tubelet: train, generate and evaluate Sora-style text-to-video models."""
+    # `tubelet.cli.main` reads --debug itself (errors can come before this runs); nothing to do here.
+
+
 data_app = typer.Typer(help="Datasets: the synthetic shapes world, checks and caches.", no_args_is_help=True)
 eval_app = typer.Typer(
     help="Evaluation: the shapes-world oracle and VBench-style dimensions.", no_args_is_help=True

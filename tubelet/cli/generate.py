@@ -18,12 +18,15 @@ def slugify(text: str, max_len: int = 60) -> str:
 
 
 def check_output(path: Path) -> None:
-    """Fail before generating when the output extension cannot be written."""
+    """Fail before generating when the output cannot be written (extension, folder, name, permission)."""
     from tubelet.errors import VideoError
     from tubelet.media import WRITE_EXTENSIONS
 
     if path.suffix.lower() not in WRITE_EXTENSIONS:
         raise VideoError(path, f"unsupported output extension; expected one of {', '.join(WRITE_EXTENSIONS)}")
+    from tubelet.core.files import check_output_location
+
+    check_output_location(path, kind="file", what="output video")
 
 
 @app.command("generate")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "check_output_location"]
 
 
 @contextlib.contextmanager
@@ -54,3 +54,53 @@ def atomic_write_json(
 ) -> Path:
     """Write `obj` as UTF-8 JSON (non-ASCII kept as is) plus a final newline to `path`, atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", fsync=fsync)
+
+
+_SUFFIX_ROOM = 24  # ".<name>.json.<12 hex>.tmp": the longest name made from an output file's name
+
+
+def check_output_location(path: str | os.PathLike[str], *, kind: str = "file", what: str = "output") -> Path:
+    """Check, before any work, that `path` can be written as a `kind` ("file" or "folder").
+
+    Raises `TubeletError` naming the path when: it exists as the other kind; a parent on the way is
+    a file; a name is longer than the file system allows; or the nearest existing folder refuses a
+    new file (read-only, no permission, a pseudo file system). Creates nothing: a probe file made
+    in that folder is removed at once.
+    """
+    import tempfile
+
+    from tubelet.errors import TubeletError
+
+    p = Path(path)
+    if p.exists():
+        if kind == "file" and p.is_dir():
+            raise TubeletError(f"{p}: is a folder; the {what} must be a file name (e.g. {p / 'out.mp4'})")
+        if kind == "folder" and not p.is_dir():
+            raise TubeletError(f"{p}: is a file; the {what} must be a folder")
+    anchor = p if p.is_dir() else p.parent
+    missing: list[str] = [] if p.exists() else [p.name]
+    while not anchor.exists():
+        missing.append(anchor.name)
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise TubeletError(f"{p}: cannot create the {what}: {anchor} is a file, not a folder")
+    try:
+        name_max = os.pathconf(anchor, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    for name in missing if kind == "folder" else [p.name, *missing[1:]]:
+        # a file's name also carries its atomic-write temporary and sidecar suffixes
+        room = name_max - (_SUFFIX_ROOM if kind == "file" and name == p.name else 0)
+        if len(os.fsencode(name)) > room:
+            raise TubeletError(
+                f"{p}: the name {name[:40]!r}... is {len(os.fsencode(name))} bytes; at most {room} fit here "
+                f"(this file system allows {name_max} per name)"
+            )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tubelet-probe-", dir=anchor)
+    except OSError as e:
+        raise TubeletError(f"{p}: cannot write the {what} in {anchor} ({e.strerror or e})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return p

@@ -22,7 +22,8 @@ so an interrupted run leaves no index (run it again; nothing half-written is eve
 
 from __future__ import annotations
 
-import json
+import contextlib
+import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -69,6 +70,7 @@ def build_cache(
     """Encode every sample of `data_dir` with the VAE of `model_dir` into `out` (see module doc),
     `batch_size` clips per VAE call on `device`, with `workers` decoding processes."""
     out = _prepare_out(out)
+    _check_counts(batch_size=batch_size, clips_per_video=clips_per_video, workers=workers)
     cfg, ds = _open_dataset(data_dir, data, progress)
     vae = _find_vae(Path(model_dir)).to(device)
     if torch.device(device).type == "cpu":  # oneDNN convolutions for the frame-by-frame encoder
@@ -79,46 +81,52 @@ def build_cache(
     text: Any = None  # an HFTextEncoder when the model has one (duck-typed: `encode(texts)`)
     md = Path(model_dir)
     if (md / "text_encoder" / "config.json").is_file():
-        raw = json.loads((md / "text_encoder" / "config.json").read_text())
-        if raw.get("_class") == "HFTextEncoder":
+        from tubelet.models.hub import read_config_json
+
+        if read_config_json(md / "text_encoder").get("_class") == "HFTextEncoder":
             from tubelet.models.text import load_text_encoder
 
             text = load_text_encoder(md / "text_encoder", device=device)
-    bar = _progress_bar(len(ds) * clips_per_video, "caching latents", progress)
-    entries: list[dict[str, Any]] = []
-    shard = 0
-    for b, members in enumerate(ds.bucket_members):
-        if not members:
-            continue
-        rows: list[torch.Tensor] = []
-        ctxs: list[torch.Tensor] = []
-        masks: list[torch.Tensor] = []
-        jobs = [
-            (i, _start(ds.samples[i], cfg, ds.buckets[b].frames, k, clips_per_video))
-            for i in members
-            for k in range(clips_per_video)
-        ]
-        loader = torch.utils.data.DataLoader(
-            _DecodeJobs(ds, jobs, uint8=False), batch_size=None, num_workers=workers, shuffle=False
+    with _writing(out):
+        bar = _progress_bar(len(ds) * clips_per_video, "caching latents", progress)
+        entries: list[dict[str, Any]] = []
+        shard = 0
+        for b, members in enumerate(ds.bucket_members):
+            if not members:
+                continue
+            rows: list[torch.Tensor] = []
+            ctxs: list[torch.Tensor] = []
+            masks: list[torch.Tensor] = []
+            jobs = [
+                (i, _start(ds.samples[i], cfg, ds.buckets[b].frames, k, clips_per_video))
+                for i in members
+                for k in range(clips_per_video)
+            ]
+            loader = torch.utils.data.DataLoader(
+                _DecodeJobs(ds, jobs, uint8=False), batch_size=None, num_workers=workers, shuffle=False
+            )
+            for chunk in _batched(_decoded(loader, jobs, ds, b, bar), batch_size):
+                z = codec.encode_raw(
+                    torch.stack([video for _, video in chunk]).to(device)
+                )  # (n, C, F', H', W')
+                for (meta, _), zj in zip(chunk, z):
+                    meta.update(shard=shard, row=len(rows))
+                    rows.append(zj.to(dtype).cpu())
+                    entries.append(meta)
+                    if text is not None:
+                        emb = text.encode(meta["captions"])
+                        ctxs.append(emb.context.to(dtype).cpu())
+                        masks.append(emb.mask.cpu())
+            if rows:
+                tensors = {"latents": torch.stack(rows)}
+                if ctxs:
+                    tensors["context"] = torch.stack(_pad_k(ctxs))
+                    tensors["mask"] = torch.stack(_pad_k(masks))
+                save_state_dict(tensors, out / f"shard-{shard:05d}.safetensors")
+                shard += 1
+        return _finish(
+            out, data_dir, cfg, ds, entries, bar, kind="latents", model=str(Path(model_dir).resolve())
         )
-        for chunk in _batched(_decoded(loader, jobs, ds, b, bar), batch_size):
-            z = codec.encode_raw(torch.stack([video for _, video in chunk]).to(device))  # (n, C, F', H', W')
-            for (meta, _), zj in zip(chunk, z):
-                meta.update(shard=shard, row=len(rows))
-                rows.append(zj.to(dtype).cpu())
-                entries.append(meta)
-                if text is not None:
-                    emb = text.encode(meta["captions"])
-                    ctxs.append(emb.context.to(dtype).cpu())
-                    masks.append(emb.mask.cpu())
-        if rows:
-            tensors = {"latents": torch.stack(rows)}
-            if ctxs:
-                tensors["context"] = torch.stack(_pad_k(ctxs))
-                tensors["mask"] = torch.stack(_pad_k(masks))
-            save_state_dict(tensors, out / f"shard-{shard:05d}.safetensors")
-            shard += 1
-    return _finish(out, data_dir, cfg, ds, entries, bar, kind="latents", model=str(Path(model_dir).resolve()))
 
 
 def _decoded(loader: Any, jobs: list[tuple[int, int]], ds: VideoDataset, bucket: int, bar: Any) -> Iterator:
@@ -178,29 +186,31 @@ def build_pixel_cache(
     """Decode every sample of `data_dir` once into a pixel cache at `out` (see the module docstring),
     with `workers` decoding processes. Unreadable files are skipped and listed in index.json."""
     out = _prepare_out(out)
+    _check_counts(batch_size=1, clips_per_video=clips_per_video, workers=workers)
     cfg, ds = _open_dataset(data_dir, data, progress)
-    bar = _progress_bar(len(ds) * clips_per_video, "caching clips", progress)
-    entries: list[dict[str, Any]] = []
-    shard = 0
-    for b, members in enumerate(ds.bucket_members):
-        if not members:
-            continue
-        jobs = [
-            (i, _start(ds.samples[i], cfg, ds.buckets[b].frames, k, clips_per_video))
-            for i in members
-            for k in range(clips_per_video)
-        ]
-        loader = torch.utils.data.DataLoader(
-            _DecodeJobs(ds, jobs), batch_size=None, num_workers=workers, shuffle=False
-        )
-        rows: list[torch.Tensor] = []
-        for meta, clip in _decoded(loader, jobs, ds, b, bar):
-            entries.append({**meta, "shard": shard, "row": len(rows)})
-            rows.append(clip)
-        if rows:
-            save_state_dict({"pixels": torch.stack(rows)}, out / f"shard-{shard:05d}.safetensors")
-            shard += 1
-    return _finish(out, data_dir, cfg, ds, entries, bar, kind="pixels", model=None)
+    with _writing(out):
+        bar = _progress_bar(len(ds) * clips_per_video, "caching clips", progress)
+        entries: list[dict[str, Any]] = []
+        shard = 0
+        for b, members in enumerate(ds.bucket_members):
+            if not members:
+                continue
+            jobs = [
+                (i, _start(ds.samples[i], cfg, ds.buckets[b].frames, k, clips_per_video))
+                for i in members
+                for k in range(clips_per_video)
+            ]
+            loader = torch.utils.data.DataLoader(
+                _DecodeJobs(ds, jobs), batch_size=None, num_workers=workers, shuffle=False
+            )
+            rows: list[torch.Tensor] = []
+            for meta, clip in _decoded(loader, jobs, ds, b, bar):
+                entries.append({**meta, "shard": shard, "row": len(rows)})
+                rows.append(clip)
+            if rows:
+                save_state_dict({"pixels": torch.stack(rows)}, out / f"shard-{shard:05d}.safetensors")
+                shard += 1
+        return _finish(out, data_dir, cfg, ds, entries, bar, kind="pixels", model=None)
 
 
 def _open_dataset(
@@ -222,11 +232,37 @@ def _progress_bar(total: int, desc: str, progress: bool) -> Any:
 
 
 def _prepare_out(out: str | Path) -> Path:
-    out = Path(out)
+    """Check (creating nothing) that `out` can become a cache folder."""
+    from tubelet.core.files import check_output_location
+
+    out = check_output_location(out, kind="folder", what="cache")
     if out.exists() and any(out.iterdir()) and not (out / "index.json").is_file():
         raise DataError(f"{out}: exists, is not empty and is not a cache; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+MAX_WORKERS = 256
+
+
+def _check_counts(*, batch_size: int, clips_per_video: int, workers: int) -> None:
+    for name, value, low in (("batch_size", batch_size, 1), ("clips_per_video", clips_per_video, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise DataError(f"{name} must be an integer >= {low}, got {value!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= MAX_WORKERS:
+        raise DataError(f"workers must be an integer in [0, {MAX_WORKERS}], got {workers!r}")
+
+
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[Path]:
+    """Create `out` for writing; if the build fails, a folder this call created is removed again."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _finish(
@@ -289,7 +325,11 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         idx_path = self.root / "index.json"
         if not idx_path.is_file():
             raise DataError(f"{self.root}: not a cache (no index.json); build one with `tubelet data cache`")
-        index = json.loads(idx_path.read_text(encoding="utf-8"))
+        from tubelet.core.parsing import read_json
+
+        index = read_json(idx_path, error=DataError, what="cache index")
+        if not isinstance(index, dict):
+            raise DataError(f"{idx_path}: expected a JSON object, got {type(index).__name__}")
         if index.get("version") != CACHE_VERSION:
             raise DataError(f"{idx_path}: cache version {index.get('version')}, expected {CACHE_VERSION}")
         self.index = index

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -49,6 +48,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 import numpy as np
 import torch
 
+from tubelet.core.parsing import check_text, read_jsonl, read_text
 from tubelet.errors import ConfigError, DataError, TubeletError
 from tubelet.media import (
     frames_to_unit,
@@ -216,31 +216,26 @@ def read_captions(root: str | Path, *, video_key: str = "video", caption_key: st
     """
     root = Path(root)
     file = find_captions_file(root)
-    try:
-        text = file.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{file}: not UTF-8 text ({e})") from None
-    except OSError as e:
-        raise DataError(f"{file}: cannot read ({e})") from None
     entries: list[CaptionEntry] = []
 
     def add(line: int, video: Any, caption: Any) -> None:
+        where = f"{file}:{line}"
         if not isinstance(video, str) or not video.strip():
             raise DataError(
-                f"{file}:{line}: {video_key!r} must be a non-empty string (a media path), got {video!r}"
+                f"{where}: {video_key!r} must be a non-empty string (a media path), got {video!r}"
             )
         if not isinstance(caption, str):
-            raise DataError(f"{file}:{line}: {caption_key!r} must be a string, got {caption!r}")
+            raise DataError(f"{where}: {caption_key!r} must be a string, got {caption!r}")
+        check_text(video, where, error=DataError)
+        check_text(caption, where, error=DataError)
+        if "\x00" in video:
+            raise DataError(f"{where}: the media path {video!r} holds a NUL character")
+        if any(len(os.fsencode(part)) > 255 for part in Path(video.strip()).parts):
+            raise DataError(f"{where}: the media path has a name longer than file systems allow (255 bytes)")
         entries.append(CaptionEntry(video, _resolve(root, video.strip()), caption, line))
 
     if file.suffix == ".jsonl":
-        for lineno, raw in enumerate(text.splitlines(), start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{file}:{lineno}: not valid JSON ({e.msg}): {raw[:80]!r}") from None
+        for lineno, obj in read_jsonl(file, error=DataError, what="captions file"):
             if not isinstance(obj, dict):
                 raise DataError(
                     f"{file}:{lineno}: expected a JSON object with {video_key!r} and {caption_key!r}"
@@ -250,6 +245,7 @@ def read_captions(root: str | Path, *, video_key: str = "video", caption_key: st
                 raise DataError(f"{file}:{lineno}: missing key(s) {missing}; the line has {sorted(obj)[:8]}")
             add(lineno, obj[video_key], obj[caption_key])
     else:
+        text = read_text(file, error=DataError, what="captions file")
         reader = csv.reader(text.splitlines())
         try:
             header = next(reader, None)

@@ -80,29 +80,14 @@ def prompt_from_filename(path: str | Path) -> str:
 
 
 def _read_captions(folder: Path) -> dict[str, str]:
-    """Relative path -> caption from ``captions.jsonl`` (first caption of a file wins)."""
-    file = folder / CAPTIONS_FILE
+    """Relative path -> caption from the folder's captions file, if any (first caption of a file wins)."""
+    from tubelet.data.dataset import CAPTION_FILES, read_captions
+
+    if not any((folder / name).is_file() for name in CAPTION_FILES):
+        return {}
     out: dict[str, str] = {}
-    if not file.is_file():
-        return out
-    with file.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{file}:{lineno}: invalid JSON ({e.msg})") from None
-            if (
-                not isinstance(obj, dict)
-                or not isinstance(obj.get("video"), str)
-                or not isinstance(obj.get("caption"), str)
-            ):
-                raise DataError(
-                    f'{file}:{lineno}: expected a JSON object {{"video": relative path, "caption": text}}, got {line.strip()[:80]!r}'
-                )
-            rel = Path(obj["video"]).as_posix()
-            out.setdefault(rel, obj["caption"])
+    for entry in read_captions(folder).entries:
+        out.setdefault(Path(entry.video).as_posix(), entry.caption)
     return out
 
 

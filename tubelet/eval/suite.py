@@ -54,19 +54,9 @@ class SuiteItem:
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the file ({e})") from None
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield n, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    from tubelet.core.parsing import read_jsonl
+
+    return read_jsonl(path, error=DataError, what="suite file")
 
 
 def read_suite(path: str | Path, check: Callable[[str], object] | None = None) -> list[SuiteItem]:
@@ -105,12 +95,9 @@ def read_prompts(path: str | Path) -> list[str]:
     as jsonl. Blank lines are skipped; duplicates are an error (VBench names clips by prompt).
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{p}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{p}: cannot read the file ({e})") from None
+    from tubelet.core.parsing import check_text, read_text
+
+    text = check_text(read_text(p, error=DataError, what="prompts file"), str(p), error=DataError)
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     prompts: list[tuple[int, str]] = []
     if p.suffix.lower() in (".jsonl", ".json") or first.startswith("{"):

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tubelet.config import config_from_dict
+from tubelet.config import check_model_limits, config_from_dict
 from tubelet.diffusion.cond import Cond
 from tubelet.errors import ConfigError
 from tubelet.models.hub import PretrainedMixin
@@ -91,6 +91,7 @@ class DiTConfig:
     conv_kernel: int = 0
 
     def __post_init__(self) -> None:
+        check_model_limits(self)
         for name in (
             "dim",
             "num_heads",

@@ -9,7 +9,6 @@ register non-persistent buffers (compute tables like RoPE frequencies lazily in 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -37,10 +36,12 @@ def read_config_json(directory: str | Path) -> dict[str, Any]:
     cfg_path = d / CONFIG_NAME
     if not cfg_path.is_file():
         raise ModelLoadError(f"{d}: missing {CONFIG_NAME}; not a tubelet model directory")
-    try:
-        return json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"{cfg_path}: invalid JSON ({e})") from None
+    from tubelet.core.parsing import read_json
+
+    data = read_json(cfg_path, error=ModelLoadError, what="model config")
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{cfg_path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tubelet import registry
-from tubelet.config import config_from_dict
+from tubelet.config import check_model_limits, config_from_dict
 from tubelet.errors import ConfigError, ModelLoadError, TubeletError
 from tubelet.models.hub import CONFIG_NAME, PretrainedMixin, read_config_json
 from tubelet.models.layers import RMSNorm
@@ -119,6 +119,7 @@ class ByteTextConfig:
     eps: float = 1e-6
 
     def __post_init__(self) -> None:
+        check_model_limits(self)
         for name in ("dim", "num_layers", "num_heads", "ffn_dim", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ByteTextConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tubelet.config import check_model_limits
 from tubelet.errors import ConfigError
 from tubelet.models.hub import PretrainedMixin
 from tubelet.models.vae_layers import (
@@ -79,6 +80,7 @@ class VAEConfig:
     time_kernel: int = 3
 
     def __post_init__(self) -> None:
+        check_model_limits(self)
         # Accept lists from Python callers; store tuples so configs compare and hash sanely.
         self.dim_mult = tuple(self.dim_mult)
         self.attn_scales = tuple(self.attn_scales)
@@ -92,9 +94,9 @@ class VAEConfig:
                 raise ConfigError(f"VAEConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.decoder_base_dim is not None and self.decoder_base_dim < 1:
             raise ConfigError(f"VAEConfig.decoder_base_dim must be >= 1 or null, got {self.decoder_base_dim}")
-        if not self.dim_mult or any(m < 1 for m in self.dim_mult):
+        if not self.dim_mult or len(self.dim_mult) > 8 or any(not 1 <= m <= 64 for m in self.dim_mult):
             raise ConfigError(
-                f"VAEConfig.dim_mult must be a non-empty list of positive ints, got {self.dim_mult}"
+                f"VAEConfig.dim_mult must be 1 to 8 integers in [1, 64], got {self.dim_mult}"
             )
         if len(self.temporal_downsample) != len(self.dim_mult) - 1:
             raise ConfigError(

@@ -143,6 +143,8 @@ class _Job:
     on_note: Callable[[str], None] | None = None  # where input adjustments are reported
     extra_metadata: dict[str, Any] = field(default_factory=dict)  # added to every result's metadata
     text: tuple[Any, ...] | None = None  # encoded prompts, cached between passes
+    keep: tuple[int, int] | None = None  # output frames [lo, hi) kept of num_frames (a fitted length)
+    fit_note: str | None = None  # the note that says so
 
 
 class TextToVideoPipeline:
@@ -214,21 +216,38 @@ class TextToVideoPipeline:
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
 
+    def valid_num_frames(self, num_frames: int) -> bool:
+        """Whether the model makes clips of exactly `num_frames` frames."""
+        if num_frames < 1:
+            return False
+        p0 = self.transformer.config.patch_size[0]
+        if self.vae is None:
+            return num_frames % p0 == 0
+        tf = self.vae.temporal_factor
+        return (num_frames - 1) % tf == 0 and (1 + (num_frames - 1) // tf) % p0 == 0
+
+    def frame_counts(self, count: int = 5, start: int = 1) -> list[int]:
+        """The first `count` frame counts >= `start` this model makes (e.g. [4, 8, 12, 16, 20])."""
+        out: list[int] = []
+        n = max(1, start)
+        limit = n + count * 64 * max(1, self._tf) * self.transformer.config.patch_size[0]
+        while len(out) < count and n < limit:
+            if self.valid_num_frames(n):
+                out.append(n)
+            n += 1
+        return out
+
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(C, F', H', W') of the latents for a clip, with clear errors for sizes the model can't make."""
         p = self.transformer.config.patch_size
+        if not self.valid_num_frames(num_frames):
+            raise TubeletError(
+                f"num_frames={num_frames}: this model makes {self._frames_rule()} frames, e.g. {self.frame_counts()}"
+            )
         if self.vae is None:
             c, f, h, w = self.transformer.config.in_channels, num_frames, height, width
-            if num_frames < 1 or num_frames % p[0]:
-                ok = [p[0] * k for k in range(1, 6)]
-                raise TubeletError(
-                    f"num_frames={num_frames}: this model makes multiples of {p[0]} frames, e.g. {ok}"
-                )
         else:
             sf, tf = self.vae.spatial_factor, self.vae.temporal_factor
-            if num_frames < 1 or (num_frames - 1) % tf:
-                ok = [1 + tf * k for k in range(1, 6)]
-                raise TubeletError(f"num_frames={num_frames}: this model makes 1 + {tf}k frames, e.g. {ok}")
             c, f, h, w = self.vae.config.z_dim, 1 + (num_frames - 1) // tf, height // sf, width // sf
             if height % sf or width % sf:
                 raise TubeletError(f"height and width must be multiples of {sf * p[1]}, got {height}x{width}")
@@ -236,6 +255,68 @@ class TextToVideoPipeline:
             m = p[1] * (self.vae.spatial_factor if self.vae is not None else 1)
             raise TubeletError(f"height and width must be positive multiples of {m}, got {height}x{width}")
         return c, f, h, w
+
+    def estimate_memory(self, batch: int, shape: tuple[int, int, int, int], guidance: bool = True) -> int:
+        """A rough upper estimate (bytes) of what sampling and decoding latents `shape` takes.
+
+        DiT activations of one step (classifier-free guidance doubles the batch) plus the decoded
+        float video and the VAE decoder's full-resolution feature maps. Model weights are not
+        counted (they are already loaded).
+        """
+        c, f, h, w = shape
+        cfg, p = self.transformer.config, self.transformer.config.patch_size
+        tokens = (f // p[0]) * (h // p[1]) * (w // p[2])
+        rows = batch * (2 if guidance else 1)
+        dit = rows * tokens * (6 * cfg.dim + 2 * cfg.ffn_dim) * 4 + 4 * rows * c * f * h * w * 4
+        frames = self._video_frames(f)
+        height, width = (h * self.vae.spatial_factor, w * self.vae.spatial_factor) if self.vae else (h, w)
+        video = batch * frames * height * width * 3 * (4 * 3 + 1)  # float copies + the uint8 frames
+        if self.vae is not None:
+            base = self.vae.config.decoder_base_dim or self.vae.config.base_dim
+            video += batch * base * height * width * 4 * 8 * max(1, self.vae.temporal_factor)
+        return int(dit + video)
+
+    def check_memory(self, job: _Job, shape: tuple[int, int, int, int]) -> None:
+        """Refuse a clip whose estimated memory is more than the device has free (`estimate_memory`)."""
+        from tubelet.devices import check_memory
+
+        need = self.estimate_memory(len(job.prompts), shape, guidance=job.guidance != 1.0)
+        check_memory(
+            need,
+            self.device,
+            f"generating {len(job.prompts)} clip(s) of {job.num_frames} frames at {job.height}x{job.width}",
+            lower="--frames, --height/--width (or the batch)",
+        )
+
+    def _frames_rule(self) -> str:
+        p0, tf = self.transformer.config.patch_size[0], self._tf
+        if self.vae is None or tf == 1:
+            return f"multiples of {p0}" if p0 > 1 else "any number of"
+        return f"1 + {tf}k" if p0 == 1 else f"1 + {tf}k (with 1 + k a multiple of {p0})"
+
+    def _fit_frames(self, job: _Job, task: str, trim: str | None = "end") -> None:
+        """Make `job.num_frames` a length the model makes: the next one up, trimmed back afterwards.
+
+        trim "end" keeps the first frames, "start" the last; None (a task whose both ends are fixed)
+        refuses with the lengths this model makes.
+        """
+        n = job.num_frames
+        if self.valid_num_frames(n):
+            return
+        if n < 1:
+            raise TubeletError(f"num_frames must be >= 1, got {n}")
+        ok = self.frame_counts(start=max(1, n - 8 * self._tf * self.transformer.config.patch_size[0]))
+        if trim is None:
+            raise TubeletError(
+                f"num_frames={n}: {task} fixes both ends of the clip, so it needs a length this model "
+                f"makes ({self._frames_rule()} frames), e.g. {ok}"
+            )
+        m = self.frame_counts(1, start=n)[0]
+        job.num_frames = m
+        job.keep = (0, n) if trim == "end" else (m - n, m)
+        which = "first" if trim == "end" else "last"
+        job.fit_note = f"num_frames={n}: this model makes {self._frames_rule()} frames; generated {m} and kept the {which} {n}"
+        Notes(job.on_note).add(job.fit_note)  # reported now, before the work; listed in the metadata
 
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.text_encoder.encode(prompts)
@@ -293,6 +374,8 @@ class TextToVideoPipeline:
             prompt, negative_prompt, num_frames, height, width, num_inference_steps, guidance_scale,
             seed, generator, sampler, on_note, extra_metadata,
         )  # fmt: skip
+        if known_latents is None and start_latents is None:  # latents given: their length is the length
+            self._fit_frames(job, "text-to-video")
         shape = self.latent_shape(job.num_frames, job.height, job.width)
         b = len(job.prompts)
         if (known_latents is None) != (known_mask is None):
@@ -397,11 +480,12 @@ class TextToVideoPipeline:
         """
         callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
         job = self._job(prompt, **kwargs)
-        c, f, h, w = shape = self.latent_shape(job.num_frames, job.height, job.width)
         if image is None and last_image is None:
             raise TubeletError("image_to_video needs an image, a last_image, or both")
         task = "first_last" if image is not None and last_image is not None else "i2v"
         task = "last_frame" if image is None else task
+        self._fit_frames(job, task, {"i2v": "end", "last_frame": "start"}.get(task))
+        c, f, h, w = shape = self.latent_shape(job.num_frames, job.height, job.width)
         need = 3 if task == "first_last" else 2
         if f < need:
             raise TubeletError(
@@ -448,8 +532,9 @@ class TextToVideoPipeline:
         """
         callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
         job = self._job(prompt, **kwargs)
-        c, f, h, w = shape = self.latent_shape(job.num_frames, job.height, job.width)
         task = "extend_backward" if backward else "extend_forward"
+        self._fit_frames(job, task, "start" if backward else "end")
+        c, f, h, w = shape = self.latent_shape(job.num_frames, job.height, job.width)
         if f < 2:
             raise TubeletError(
                 f"{task} needs at least 2 latent frames: num_frames >= {self._video_frames(2)}, got {job.num_frames}"
@@ -493,6 +578,7 @@ class TextToVideoPipeline:
         """
         callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
         job = self._job(prompt, **kwargs)
+        self._fit_frames(job, "connect", None)
         c, f, h, w = shape = self.latent_shape(job.num_frames, job.height, job.width)
         if f < 3:
             raise TubeletError(
@@ -537,6 +623,7 @@ class TextToVideoPipeline:
         """
         callback, progress = kwargs.pop("callback", None), kwargs.pop("progress", True)
         job = self._job(prompt, **kwargs)
+        self._fit_frames(job, "loop", None)
         shape = self.latent_shape(job.num_frames, job.height, job.width)
         f = shape[1]
         if f < 2:
@@ -546,6 +633,7 @@ class TextToVideoPipeline:
         self._check_conditioning()
         u = self.transformer.config.patch_size[0]
         closed = self.latent_shape(self._video_frames(f + u), job.height, job.width)  # (C, F' + u, H', W')
+        self.check_memory(job, closed)
         b = len(job.prompts)
         with _Progress(progress, passes=2) as bar:
             z1, _ = self._sample(job, self._noise(job, shape), progress=bar, callback=callback)
@@ -586,24 +674,31 @@ class TextToVideoPipeline:
         self._check_conditioning()
         notes = Notes(job.on_note)
         clip, info = load_clip(video, "video", self.config.fps, (job.height, job.width), notes)
-        n_in, tf = len(clip), self._tf
-        if requested is None:
-            job.num_frames = 1 + tf * ((n_in - 1) // tf)
-        elif requested > n_in:
+        n_in = len(clip)
+        if requested is not None and requested > n_in:
             raise TubeletError(
                 f"{info['source']}: has {n_in} frames at {self.config.fps:g} fps, fewer than num_frames={requested}"
             )
-        else:
-            job.num_frames = requested
+        if requested is None:  # the input's length, rounded down to one the model makes (if any)
+            shorter = [m for m in range(n_in, 0, -1) if self.valid_num_frames(m)]
+            requested = shorter[0] if shorter else n_in
+        job.num_frames = requested
+        self._fit_frames(job, "edit")
         shape = self.latent_shape(job.num_frames, job.height, job.width)
-        if job.num_frames < n_in:
-            notes.add(f"{info['source']}: editing its first {job.num_frames} of {n_in} frames")
+        if requested < n_in:
+            notes.add(f"{info['source']}: editing its first {requested} of {n_in} frames")
+        if job.num_frames > n_in:  # a clip shorter than the shortest length: its last frame held
+            clip = np.concatenate([clip, np.repeat(clip[-1:], job.num_frames - n_in, axis=0)])
+            held = f"{n_in} frame{'s' if n_in != 1 else ''}"
+            notes.add(
+                f"{info['source']}: {held}, held on its last frame to the {job.num_frames} this model makes"
+            )
         start = self.encode_video(self._to_pixels(clip[: job.num_frames], job.height, job.width))
         extra = {
             "task": "edit",
             "inputs": {"video": info},
             "strength": float(strength),
-            "new_frames": [[0, job.num_frames]] if strength > 0 else [],
+            "new_frames": [[0, requested]] if strength > 0 else [],
         }
         return self._run(
             job, shape, extra, start=start, strength=float(strength), notes=notes, callback=callback,
@@ -763,6 +858,7 @@ class TextToVideoPipeline:
             start = start.expand(b, -1, -1, -1, -1)
         if notes is not None and notes.items:
             extra["notes"] = list(notes.items)
+        self.check_memory(job, shape)
         noise = self._noise(job, shape)
         with _Progress(progress) as bar:
             z, shift = self._sample(
@@ -785,6 +881,16 @@ class TextToVideoPipeline:
         video = self.decode(z if decode is None else decode)  # (B, 3, T, H, W) in [-1, 1]
         frames = unit_to_frames(video.permute(0, 2, 3, 4, 1)).cpu().numpy()  # (B, T, H, W, 3) uint8
         b = len(job.prompts)
+        num_frames = job.num_frames
+        extra = dict(extra)
+        if job.keep is not None:  # a fitted length: cut back to the frames asked for
+            lo, hi = job.keep
+            frames, num_frames = frames[:, lo:hi], hi - lo
+            extra["generated_frames"] = job.num_frames
+            extra["notes"] = [*extra.get("notes", []), job.fit_note]
+            if isinstance(extra.get("new_frames"), list):
+                kept = [[max(a, lo) - lo, min(e, hi) - lo] for a, e in extra["new_frames"]]
+                extra["new_frames"] = [r for r in kept if r[1] > r[0]]
         results = []
         for i, pr in enumerate(job.prompts):
             if isinstance(job.seed, list):
@@ -796,7 +902,7 @@ class TextToVideoPipeline:
                 "negative_prompt": job.negative,
                 "seed": seed,
                 "model": self.source or cfg.name,
-                "num_frames": job.num_frames,
+                "num_frames": num_frames,
                 "height": job.height,
                 "width": job.width,
                 "num_inference_steps": job.steps,

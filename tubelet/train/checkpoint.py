@@ -20,7 +20,6 @@ another number of processes (exact bit-for-bit resume needs the same world size)
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -33,9 +32,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tubelet.core.files import atomic_write_json
+from tubelet.errors import TubeletError
 from tubelet.models.hub import load_safetensors, save_state_dict
 from tubelet.train.parallel import DistInfo
 
+log = logging.getLogger(__name__)
 STEP_RE = re.compile(r"^step-(\d{7,})$")
 
 
@@ -144,7 +146,7 @@ def save_checkpoint(
         state["numpy_rng"] = _np_rng()
         state["world_size"] = info.world_size
         state["frozen_parameters"] = sorted(frozen)  # not in model.safetensors: rebuilt from the config
-        (tmp / "trainer.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+        atomic_write_json(tmp / "trainer.json", state, indent=1)
     _barrier(info)
     if info.is_main:
         if final.exists():
@@ -159,6 +161,45 @@ def save_checkpoint(
     return final
 
 
+class CheckpointError(TubeletError):
+    """A checkpoint folder is damaged or does not belong to this run (names the file and the cause)."""
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """The checked `trainer.json` of checkpoint `path` (CheckpointError when damaged)."""
+    from tubelet.core.parsing import read_json
+
+    state = read_json(path / "trainer.json", error=CheckpointError, what="trainer state")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path / 'trainer.json'}: expected a JSON object, got {type(state).__name__}")
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{path / 'trainer.json'}: 'step' is missing or not an integer >= 0")
+    if "data" in state and not isinstance(state["data"], dict):
+        raise CheckpointError(f"{path / 'trainer.json'}: 'data' (the data position) is not an object")
+    return state
+
+
+def _read_optimizer(path: Path) -> dict[str, Any]:
+    import pickle
+
+    file = path / "optimizer.pt"
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing")
+    try:
+        sd = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "not plain tensors"
+        raise CheckpointError(
+            f"{file}: refused to load ({first[:160]}); only plain tensor state is read"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: unreadable ({str(e).strip().splitlines()[0][:160]})") from None
+    if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
+        raise CheckpointError(f"{file}: not an optimizer state (expected 'state' and 'param_groups')")
+    return sd
+
+
 def load_checkpoint(
     path: Path,
     *,
@@ -167,33 +208,91 @@ def load_checkpoint(
     optim: torch.optim.Optimizer,
     generator: torch.Generator,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
-    """Restore model/optimizer/RNG from `path`; returns (trainer_state, ema_state or None)."""
+    """Restore model/optimizer/RNG from `path`; returns (trainer_state, ema_state or None).
+
+    Every file is read and checked before anything is restored; a damaged or foreign checkpoint
+    raises CheckpointError naming the file.
+    """
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    state = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
-    model_sd = load_safetensors(path / "model.safetensors")
+    from tubelet.errors import ModelLoadError
+
+    state = read_trainer_state(path)
+    try:
+        model_sd = load_safetensors(path / "model.safetensors")
+        ema_file = path / "ema.safetensors"
+        ema = load_safetensors(ema_file) if ema_file.is_file() else None
+        rng_file = path / f"rng-rank{info.rank}.safetensors"
+        same_world = state.get("world_size") == info.world_size
+        rng = load_safetensors(rng_file) if rng_file.is_file() and same_world else None
+    except ModelLoadError as e:
+        raise CheckpointError(str(e)) from None
+    optim_sd = _read_optimizer(path)
     frozen = frozen_parameter_names(model)
-    expected = None
-    if frozen:
-        inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-        expected = {k.replace("_orig_mod.", "") for k in inner.state_dict()} - frozen
-    if expected is not None:  # a partial (trainable-only) state: check its names ourselves
-        if set(model_sd) != expected:
-            missing, extra = sorted(expected - set(model_sd)), sorted(set(model_sd) - expected)
-            raise ValueError(
-                f"{path / 'model.safetensors'}: does not match this run's trainable weights "
-                f"(missing {missing[:5]}, unexpected {extra[:5]})"
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    expected_all = {k.replace("_orig_mod.", ""): v for k, v in inner.state_dict().items()}
+    expected = set(expected_all) - frozen
+    if set(model_sd) != expected:
+        missing, extra = sorted(expected - set(model_sd)), sorted(set(model_sd) - expected)
+        raise CheckpointError(
+            f"{path / 'model.safetensors'}: does not match this run's model "
+            f"(missing {missing[:3]}, unexpected {extra[:3]}): another preset or size?"
+        )
+    for k, v in model_sd.items():
+        want = tuple(getattr(expected_all[k], "shape", ()))
+        if tuple(v.shape) != want:
+            raise CheckpointError(
+                f"{path / 'model.safetensors'}: {k} has shape {tuple(v.shape)}, this run's model has {want} "
+                "(another preset or size?)"
             )
-    set_model_state_dict(model, cast(dict[str, Any], model_sd), options=_options(strict=expected is None))
-    optim_sd = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    set_optimizer_state_dict(model, optim, optim_sd, options=_options())
-    ema = load_safetensors(path / "ema.safetensors") if (path / "ema.safetensors").is_file() else None
-    rng_file = path / f"rng-rank{info.rank}.safetensors"
-    if rng_file.is_file() and state.get("world_size") == info.world_size:
-        set_rng_state(load_safetensors(rng_file), generator)
-        random.setstate(_to_tuple(state["python_rng"]))
-        np.random.set_state(_np_from(state["numpy_rng"]))
+    try:
+        set_model_state_dict(model, cast(dict[str, Any], model_sd), options=_options(strict=not frozen))
+        set_optimizer_state_dict(model, optim, optim_sd, options=_options())
+        if rng is not None:
+            set_rng_state(rng, generator)
+            random.setstate(_to_tuple(state["python_rng"]))
+            np.random.set_state(_np_from(state["numpy_rng"]))
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+        raise CheckpointError(
+            f"{path}: cannot be restored ({str(e).strip().splitlines()[0][:200]})"
+        ) from None
     return state, ema
+
+
+def load_latest_checkpoint(
+    run: Path,
+    *,
+    info: DistInfo,
+    model: nn.Module,
+    optim: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor] | None] | None:
+    """Restore the newest intact checkpoint of `run` (None when it has none).
+
+    A damaged newer checkpoint is skipped with a warning that names it and the cause; when every
+    checkpoint is damaged, CheckpointError lists them.
+    """
+    found = list_checkpoints(run)
+    problems: list[str] = []
+    for path in reversed(found):
+        try:
+            state, ema = load_checkpoint(path, info=info, model=model, optim=optim, generator=generator)
+        except CheckpointError as e:
+            problems.append(str(e))
+            if info.is_main:
+                log.warning("checkpoint %s is damaged, trying the one before it: %s", path.name, e)
+            continue
+        if problems and info.is_main:
+            log.warning(
+                "resuming from %s; %d newer damaged checkpoint(s) left in place", path.name, len(problems)
+            )
+        return path, state, ema
+    if problems:
+        raise CheckpointError(
+            f"{run}: no intact checkpoint ({'; '.join(problems)}); remove the damaged step folders to start "
+            "over, or choose a new --out"
+        )
+    return None
 
 
 def _py_rng() -> list[Any]:

@@ -23,6 +23,7 @@ Model fields accept a preset name (str) or a full mapping of the component's con
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,9 @@ from tubelet.config import config_from_dict, config_to_dict, load_config_file
 from tubelet.data.dataset import Bucket, DataConfig
 from tubelet.diffusion.flow import FlowConfig
 from tubelet.errors import ConfigError
+
+# Training seeds derive per-stream seeds (seed * 7919, seed * 1_000_003 + rank) that must stay 64-bit.
+SEED_MAX = 2**32 - 1
 
 
 @dataclass
@@ -45,7 +49,26 @@ class OptimConfig:
     warmup_steps: int = 100
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max gradient norm; 0 = no clipping
+
+    def __post_init__(self) -> None:
+        def bad(name: str, rule: str) -> ConfigError:
+            return ConfigError(f"optim.{name} must be {rule}, got {getattr(self, name)!r}")
+
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise bad("lr", "a finite number > 0")
+        if len(self.betas) != 2 or not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in self.betas):
+            raise bad("betas", "two numbers in [0, 1), e.g. [0.9, 0.99]")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise bad("weight_decay", "a finite number >= 0")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise bad("eps", "a finite number > 0")
+        if self.warmup_steps < 0:
+            raise bad("warmup_steps", "an integer >= 0")
+        if not (math.isfinite(self.min_lr_ratio) and 0.0 <= self.min_lr_ratio <= 1.0):
+            raise bad("min_lr_ratio", "a number in [0, 1]")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise bad("grad_clip", "a finite number >= 0 (0 = no clipping)")
 
 
 @dataclass
@@ -110,6 +133,8 @@ class TrainConfig:
     out_dir: str | None = None  # the run directory when none is given (`tubelet train --out`)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError(f"TrainConfig.seed must be in [0, {SEED_MAX}], got {self.seed}")
         for name in ("max_steps", "grad_accum", "log_every", "keep_last", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -133,6 +133,8 @@ class DiTTask:
                 f"dit: in_channels={dcfg.in_channels}, text_dim={dcfg.text_dim} but the latents have "
                 f"{channels} channels and the text encoder width is {text_dim}"
             )
+        trained_text = sum(p.numel() for p in text.parameters()) if text is not None else 0
+        check_training_memory(lambda: VideoDiT(dcfg), device, "dit", extra_params=trained_text)
         dit = VideoDiT(dcfg)
         self.model = TextToVideoModel(dit, text)
         if cfg.init_from:
@@ -274,6 +276,7 @@ class VAETask:
         self.cfg = cfg
         self.device = device
         vcfg = _preset(cfg.vae, "vae_preset", VAEConfig, "vae")
+        check_training_memory(lambda: CausalVideoVAE(vcfg), device, "vae")
         vae = CausalVideoVAE(vcfg)
         # Start the posterior's log-variance at -4 (std 0.14) instead of 0: with the small KL weights
         # video VAEs use, a unit-variance posterior drowns the latents in noise and the decoder spends
@@ -348,6 +351,32 @@ class VAETask:
             )
         model.save_pretrained(out)
         return out
+
+
+# fp32 weights + gradients + AdamW's two moments + the EMA copy, per trained parameter
+BYTES_PER_TRAINED_PARAM = 20
+
+
+def check_training_memory(
+    build: Any, device: torch.device, key: str, *, extra_params: int = 0
+) -> None:
+    """Refuse (before allocating) a model whose training state cannot fit `device`'s free memory.
+
+    `build()` is run on the meta device (no memory) to count the parameters; activations come on
+    top, so passing this check does not promise the run fits.
+    """
+    from tubelet.devices import check_memory
+
+    with torch.device("meta"):
+        n = sum(p.numel() for p in build().parameters()) + extra_params
+    check_memory(
+        n * BYTES_PER_TRAINED_PARAM,
+        device,
+        f"training a {n / 1e9:,.1f}B-parameter model (weights, gradients, AdamW state, EMA)"
+        if n >= 1e9
+        else f"training a {n / 1e6:,.0f}M-parameter model (weights, gradients, AdamW state, EMA)",
+        lower=f"the model size ({key}: dim, num_layers, ...)",
+    )
 
 
 def build_task(

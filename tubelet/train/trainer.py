@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from tubelet.config import config_to_dict
+from tubelet.core.files import atomic_write_json, check_output_location
 from tubelet.errors import TubeletError
 from tubelet.train import checkpoint as ckpt
 from tubelet.train.config import TrainConfig
@@ -255,14 +256,12 @@ def train(
     generator = torch.Generator(device=gen_device).manual_seed(cfg.seed * 7919)
 
     if info.is_main:
+        check_output_location(run, kind="folder", what="run directory")
         existing = ckpt.list_checkpoints(run)
         if existing and not resume:
             raise TubeletError(
                 f"{run} already has checkpoints; pass --resume to continue it or choose a new --out"
             )
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "samples").mkdir(exist_ok=True)
-        (run / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1) + "\n", encoding="utf-8")
 
     task = build_task(cfg, device, info.rank, info.world_size)
     model = task.model
@@ -288,16 +287,30 @@ def train(
         eps=cfg.optim.eps,
     )
     batches, dataset = build_batches(cfg, Path(data_dir) if data_dir else None, info, progress)
+    if info.is_main:  # only now, with the model and the data in hand: a failed start leaves nothing
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "samples").mkdir(exist_ok=True)
+        atomic_write_json(run / "config.json", config_to_dict(cfg), indent=1)
     # A per-rank stream for whatever still draws from the global RNG (e.g. VAE dropout). The data's
     # per-sample draws do not: they are functions of (seed, epoch, sample index), see SampleKey.
     torch.manual_seed(cfg.seed * 1_000_003 + info.rank)
 
     step, bad_total = 0, 0
-    last = ckpt.latest_checkpoint(run) if resume else None
-    if last is not None:
-        state, ema_sd = ckpt.load_checkpoint(last, info=info, model=wrapped, optim=optim, generator=generator)
+    restored = (
+        ckpt.load_latest_checkpoint(run, info=info, model=wrapped, optim=optim, generator=generator)
+        if resume
+        else None
+    )
+    if restored is not None:
+        last, state, ema_sd = restored
         step, bad_total = int(state["step"]), int(state.get("bad_steps", 0))
-        batches.load_state_dict(state["data"])
+        try:
+            batches.load_state_dict(state["data"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ckpt.CheckpointError(
+                f"{last / 'trainer.json'}: the data position cannot be restored ({e}); remove this step folder "
+                "to resume from the one before it"
+            ) from None
         if ema is not None and ema_sd is not None:
             ema.load_state_dict(ema_sd, int(state.get("ema_updates", step)))
         if info.is_main:
@@ -351,7 +364,8 @@ def train(
                 for k in ("rec", "kl"):
                     if k in stats:
                         extra[k] = float(stats[k])
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")  # 0: no clipping
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
             if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
                 grad_norm = grad_norm.full_tensor()
             finite = torch.isfinite(total) & torch.isfinite(grad_norm.to(device))
@@ -490,37 +504,68 @@ def export_checkpoint(
     the size of a shipped model), and exports exactly what the end of the run would have exported.
     """
     from tubelet.config import config_from_dict
+    from tubelet.core.parsing import read_json
+    from tubelet.errors import ModelLoadError
     from tubelet.models.hub import load_safetensors
     from tubelet.train.config import TrainConfig
 
     run = Path(run_dir)
     cfg_file = run / "config.json"
+    if not run.is_dir():
+        raise TubeletError(f"{run}: not a training run (directory not found)")
     if not cfg_file.is_file():
         raise TubeletError(f"{run}: not a training run (no config.json)")
-    cfg = config_from_dict(TrainConfig, json.loads(cfg_file.read_text(encoding="utf-8")), where=str(cfg_file))
+    raw = read_json(cfg_file, error=TubeletError, what="run config")
+    cfg = config_from_dict(TrainConfig, raw, where=str(cfg_file))
     if cfg.task != "dit":
         raise TubeletError(
             f"{run}: exporting a {cfg.task!r} checkpoint is not supported (a VAE export needs data for its "
             "latent statistics: resume the run with --max-steps at the step you want instead)"
         )
+    check_output_location(out, kind="folder", what="model directory")
     found = ckpt.list_checkpoints(run)
     if not found:
         raise TubeletError(f"{run}: no checkpoints under {run / 'checkpoints'}")
     if step is None:
-        path = found[-1]
+        candidates = list(reversed(found))  # the newest intact one
     else:
         path = ckpt.step_dir(run, step)
         if not path.is_dir():
             have = ", ".join(str(int(p.name.split("-")[1])) for p in found)
             raise TubeletError(f"{run}: no checkpoint at step {step} (have: {have})")
+        candidates = [path]
     task = build_task(cfg, torch.device("cpu"))
     model: Any = task.model  # DiTTask's TextToVideoModel or VAETask's VAE: what its `export` takes
-    state = load_safetensors(path / "model.safetensors")
-    ema_file = path / "ema.safetensors"
-    if use_ema:
-        if not ema_file.is_file():
-            raise TubeletError(f"{path}: has no EMA weights (ema_decay was 0); pass use_ema=False / --no-ema")
-        state.update(load_safetensors(ema_file))
+    problems: list[str] = []
+    for path in candidates:
+        try:
+            state = load_safetensors(path / "model.safetensors")
+            ema_file = path / "ema.safetensors"
+            if use_ema:
+                if not ema_file.is_file():
+                    raise TubeletError(
+                        f"{path}: has no EMA weights (ema_decay was 0); pass use_ema=False / --no-ema"
+                    )
+                state.update(load_safetensors(ema_file))
+            expected = model.state_dict()
+            bad = [
+                k for k, v in state.items() if k not in expected or tuple(v.shape) != tuple(expected[k].shape)
+            ]
+            missing = sorted(set(expected) - set(state))
+            if bad or missing:
+                raise ckpt.CheckpointError(
+                    f"{path / 'model.safetensors'}: does not match the run's model (unexpected or mis-shaped "
+                    f"{bad[:3]}, missing {missing[:3]})"
+                )
+        except (ModelLoadError, ckpt.CheckpointError) as e:
+            problems.append(str(e))
+            log.warning("checkpoint %s cannot be exported: %s", path.name, e)
+            continue
+        if problems:
+            log.warning("exporting %s instead (the newer one is damaged)", path.name)
+        break
+    else:
+        raise ckpt.CheckpointError(f"{run}: no intact checkpoint to export ({'; '.join(problems)})")
     model.load_state_dict(state)
     model.eval()
     if dtype is not None:

@@ -37,7 +37,6 @@ pipeline and scores the raw frames.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -494,50 +493,31 @@ def aggregate(results: list[ClipResult]) -> dict[str, Any]:
     return report
 
 
-def _read_captions(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise DataError(f"{path}: not found; expected a captions.jsonl with one {{video, caption}} per line")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("video"), str) or "caption" not in row:
-                raise DataError(f"{path}:{n}: expected an object with 'video' and 'caption' keys")
-            row["_line"] = n
-            rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no captions")
-    return rows
-
-
 def evaluate_folder(directory: Path, *, progress: bool = True) -> dict[str, Any]:
     """Score every line of `directory/captions.jsonl` against its video; returns `aggregate(...)`
     plus "directory". Each video is decoded once even when it has several captions."""
     from tqdm import tqdm
 
+    from tubelet.data.dataset import CaptionEntry, read_captions
     from tubelet.media import read_video
 
     directory = Path(directory)
-    cap_path = directory / "captions.jsonl"
-    rows = _read_captions(cap_path)
-    by_video: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_video.setdefault(row["video"], []).append(row)
-    for row in rows:  # every caption must parse before any video is decoded
+    captions = read_captions(directory)
+    if not captions.entries:
+        raise DataError(f"{captions.file}: no captions")
+    by_video: dict[str, list[CaptionEntry]] = {}
+    for entry in captions.entries:
+        by_video.setdefault(entry.video, []).append(entry)
+    for entry in captions.entries:  # every caption must parse before any video is decoded
         try:
-            parse_caption(str(row["caption"]))
+            parse_caption(entry.caption)
         except CaptionError as e:
-            raise DataError(f"{cap_path}:{row['_line']}: {e}") from None
+            raise DataError(f"{captions.file}:{entry.line}: {e}") from None
     results: list[ClipResult] = []
     for rel, group in tqdm(by_video.items(), desc="oracle", unit="video", disable=not progress):
-        analysis = analyse_clip(read_video(directory / rel).frames)
-        for row in group:
-            res = score_analysis(analysis, str(row["caption"]))
+        analysis = analyse_clip(read_video(group[0].path).frames)
+        for entry in group:
+            res = score_analysis(analysis, entry.caption)
             res.video = rel
             results.append(res)
     report = aggregate(results)

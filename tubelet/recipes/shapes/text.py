@@ -34,6 +34,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from tubelet.config import check_model_limits
 from tubelet.errors import CaptionError, ConfigError
 from tubelet.models.hub import PretrainedMixin
 from tubelet.models.layers import RMSNorm
@@ -65,6 +66,7 @@ class ShapesTextConfig:
     eps: float = 1e-6
 
     def __post_init__(self) -> None:
+        check_model_limits(self)
         for name in ("dim", "num_heads", "ffn_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ShapesTextConfig.{name} must be >= 1, got {getattr(self, name)}")
