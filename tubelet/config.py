@@ -100,6 +100,9 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], *, where: str | None
         return cls(**kwargs)
     except TypeError as e:  # missing required fields
         raise ConfigError(f"{where}: {e}") from None
+    except ConfigError as e:  # a value check of the dataclass: say where the value came from
+        message = str(e)
+        raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
 
 
 # Upper bounds of model sizes read from configs: far above any real model (Wan2.1 14B: dim 5120,

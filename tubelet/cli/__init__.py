@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["TUBELET_DEBUG"] = "1"  # for child processes (data workers, torchrun ranks)
     try:
         app(args=args, prog_name="tubelet", standalone_mode=True)
-    except SystemExit:
+    except SystemExit as e:
+        if e.code == 130:  # Typer turns Ctrl-C into a silent exit 130
+            print("interrupted", file=sys.stderr)
         raise
     except BaseException as e:
         if debug and not isinstance(e, KeyboardInterrupt):

@@ -35,7 +35,6 @@ def check(
         typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
         typer.echo(report.format_table())
-    if not report.ok:
-        if as_json:  # keep stdout valid JSON; the summary goes to stderr
-            typer.echo(report.summary_line(), err=True)
+    if not report.ok:  # the table (or JSON) on stdout lists the files; the verdict goes to stderr
+        typer.echo(f"error: {report.summary_line()} (listed above)", err=True)
         raise typer.Exit(code=1)

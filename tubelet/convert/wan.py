@@ -99,10 +99,9 @@ def _stderr(msg: str) -> None:
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConversionError(f"{path}: missing {path.name} ({what})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{path}: invalid JSON ({e})") from None
+    from tubelet.core.parsing import read_json
+
+    data = read_json(path, error=ConversionError, what=what)
     if not isinstance(data, dict):
         raise ConversionError(f"{path}: expected a JSON object at the top level")
     return data

@@ -95,9 +95,7 @@ class VAEConfig:
         if self.decoder_base_dim is not None and self.decoder_base_dim < 1:
             raise ConfigError(f"VAEConfig.decoder_base_dim must be >= 1 or null, got {self.decoder_base_dim}")
         if not self.dim_mult or len(self.dim_mult) > 8 or any(not 1 <= m <= 64 for m in self.dim_mult):
-            raise ConfigError(
-                f"VAEConfig.dim_mult must be 1 to 8 integers in [1, 64], got {self.dim_mult}"
-            )
+            raise ConfigError(f"VAEConfig.dim_mult must be 1 to 8 integers in [1, 64], got {self.dim_mult}")
         if len(self.temporal_downsample) != len(self.dim_mult) - 1:
             raise ConfigError(
                 f"VAEConfig.temporal_downsample needs one flag per downsampling level "

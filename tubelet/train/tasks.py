@@ -357,9 +357,7 @@ class VAETask:
 BYTES_PER_TRAINED_PARAM = 20
 
 
-def check_training_memory(
-    build: Any, device: torch.device, key: str, *, extra_params: int = 0
-) -> None:
+def check_training_memory(build: Any, device: torch.device, key: str, *, extra_params: int = 0) -> None:
     """Refuse (before allocating) a model whose training state cannot fit `device`'s free memory.
 
     `build()` is run on the meta device (no memory) to count the parameters; activations come on

@@ -290,7 +290,6 @@ def train(
     if info.is_main:  # only now, with the model and the data in hand: a failed start leaves nothing
         run.mkdir(parents=True, exist_ok=True)
         (run / "samples").mkdir(exist_ok=True)
-        atomic_write_json(run / "config.json", config_to_dict(cfg), indent=1)
     # A per-rank stream for whatever still draws from the global RNG (e.g. VAE dropout). The data's
     # per-sample draws do not: they are functions of (seed, epoch, sample index), see SampleKey.
     torch.manual_seed(cfg.seed * 1_000_003 + info.rank)
@@ -315,6 +314,8 @@ def train(
             ema.load_state_dict(ema_sd, int(state.get("ema_updates", step)))
         if info.is_main:
             log.info("resumed from %s at step %d", last, step)
+    if info.is_main:  # after the restore: a refused resume leaves the run's config as it was
+        atomic_write_json(run / "config.json", config_to_dict(cfg), indent=1)
 
     def save(at: int) -> None:
         ema_sd = ema.state_dict() if ema is not None else None
