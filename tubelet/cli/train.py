@@ -10,8 +10,7 @@ from tubelet.cli.apps import app, data_app
 
 
 def _parse_set(values: list[str]) -> dict[str, object]:
-    import yaml
-
+    from tubelet.core.parsing import check_text, parse_yaml
     from tubelet.errors import ConfigError
 
     out: dict[str, object] = {}
@@ -19,7 +18,10 @@ def _parse_set(values: list[str]) -> dict[str, object]:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. optim.lr=1e-4), got {item!r}")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        check_text(item, f"--set {key}", error=ConfigError)
+        if not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. optim.lr=1e-4), got {item!r}")
+        value = parse_yaml(raw, f"--set {key}", error=ConfigError)
         if isinstance(value, str):  # YAML 1.1 reads "8e-5" as a string; users mean a number
             try:
                 value = float(value)

@@ -165,6 +165,10 @@ class GenerationRequest:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise RequestError(f"{name} must be a file path, got {value!r}")
+            if isinstance(value, str) and "\x00" in value:
+                raise RequestError(f"{name}: the path {value!r} holds a NUL character")
+            if isinstance(value, str):
+                _check_text(name, value)
 
     def inputs(self) -> list[Path]:
         """The input files this request names."""
