@@ -150,8 +150,23 @@ def test_fuzz_config_files(raw: bytes) -> None:
 @FUZZ
 @given(
     st.dictionaries(
-        st.sampled_from(["max_steps", "seed", "optim", "data", "dit", "flow", "ema_decay", "precision",
-                         "samples", "grad_accum", "save_every", "vae", "text_encoder"]),  # fmt: skip
+        st.sampled_from(
+            [
+                "max_steps",
+                "seed",
+                "optim",
+                "data",
+                "dit",
+                "flow",
+                "ema_decay",
+                "precision",
+                "samples",
+                "grad_accum",
+                "save_every",
+                "vae",
+                "text_encoder",
+            ]
+        ),
         JSON,
         max_size=4,
     )
@@ -169,8 +184,22 @@ def test_fuzz_train_config_mappings(data: dict[str, Any]) -> None:
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["optim.lr", "optim.betas", "max_steps", "seed", "data.buckets", "ema_decay",
-                             "optim.grad_clip", "flow.shift", "data.fps", "nope", "optim", ""]),  # fmt: skip
+            st.sampled_from(
+                [
+                    "optim.lr",
+                    "optim.betas",
+                    "max_steps",
+                    "seed",
+                    "data.buckets",
+                    "ema_decay",
+                    "optim.grad_clip",
+                    "flow.shift",
+                    "data.fps",
+                    "nope",
+                    "optim",
+                    "",
+                ]
+            ),
             st.one_of(TEXT, NUMBERS.map(str), JSON.map(json.dumps)),
         ).map(lambda kv: f"{kv[0]}={kv[1]}"),
         max_size=3,
@@ -193,7 +222,9 @@ def test_fuzz_set_overrides(values: list[str]) -> None:
 @given(
     lines=st.lists(
         st.one_of(
-            st.fixed_dictionaries({"video": st.one_of(TEXT, JSON), "caption": st.one_of(TEXT, JSON)}).map(json.dumps),
+            st.fixed_dictionaries({"video": st.one_of(TEXT, JSON), "caption": st.one_of(TEXT, JSON)}).map(
+                json.dumps
+            ),
             JSON.map(json.dumps),
             TEXT,
         ),

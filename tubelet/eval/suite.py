@@ -10,7 +10,9 @@
   ``captions.jsonl`` for ``tubelet eval videos``. Clip ``index`` of every prompt uses seed
   ``seed + index``, so any clip can be regenerated alone with ``tubelet generate PROMPT --seed``.
 
-Prompts are generated with one seed per prompt (`TextToVideoPipeline.__call__` with a list of seeds),
+Every clip is a `GenerationRequest` (prompt, seed, settings) submitted through
+`TextToVideoPipeline.generate_many`, which batches consecutive text-to-video requests with one seed
+per prompt (`TextToVideoPipeline.__call__` with a list of seeds),
 so a clip does not depend on which batch it was in.
 """
 
@@ -138,13 +140,6 @@ def vbench_name(prompt: str, index: int, ext: str = ".mp4") -> str:
     return stem + suffix
 
 
-def _batches(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    if size < 1:
-        raise DataError(f"batch size must be >= 1, got {size}")
-    for i in range(0, len(seq), size):
-        yield seq[i : i + size]
-
-
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
@@ -190,20 +185,27 @@ def sample_prompts(
     clash = [n for n, c in Counter(names).items() if c > 1]
     if clash:
         raise DataError(f"prompts give the same VBench file name {clash[0]!r}; make them distinct")
+    requests = [_request(pr, seed + i, generate_kwargs) for pr, i in jobs]
     paths: list[Path] = []
     rows: list[dict[str, Any]] = []
     with tqdm(total=len(jobs), desc="sampling", unit="clip", disable=not progress) as bar:
-        for chunk in _batches(jobs, batch_size):
-            results = pipe(
-                [pr for pr, _ in chunk], seed=[seed + i for _, i in chunk], progress=False, **generate_kwargs
-            )
-            for (pr, i), res in zip(chunk, results):
-                name = vbench_name(pr, i)
-                paths.append(res.save(out / name))
-                rows.append({"video": name, "caption": pr, "index": i, "seed": seed + i})
-                bar.update(1)
+        for (pr, i), res in zip(jobs, pipe.generate_many(requests, batch_size=batch_size)):
+            name = vbench_name(pr, i)
+            paths.append(res.save(out / name))
+            rows.append({"video": name, "caption": pr, "index": i, "seed": seed + i})
+            bar.update(1)
     _write_jsonl(out / "captions.jsonl", rows)
     return paths
+
+
+def _request(prompt: str, seed: int, settings: dict[str, Any]) -> Any:
+    """The `GenerationRequest` of one evaluation clip (settings: request fields, e.g. num_inference_steps)."""
+    from tubelet.pipelines.request import GenerationRequest, RequestError
+
+    try:
+        return GenerationRequest(prompt=prompt, seed=seed, **settings)
+    except TypeError as e:
+        raise RequestError(f"unknown generation setting ({e})") from None
 
 
 @dataclass
@@ -242,19 +244,16 @@ def generate_suite(
             raise DataError(f"{out}: exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    requests = [_request(it.prompt, it.seed, generate_kwargs) for it in items]
     with tqdm(total=len(items), desc=desc, unit="prompt", disable=not progress) as bar:
-        for chunk in _batches(items, batch_size):
-            clips = pipe(
-                [it.prompt for it in chunk], seed=[it.seed for it in chunk], progress=False, **generate_kwargs
-            )
-            for it, clip in zip(chunk, clips):
-                name = None
-                if out is not None:
-                    name = f"{len(rows):05d}.mp4"
-                    clip.save(out / name)
-                    row = {"video": name, "caption": it.prompt, "seed": it.seed}
-                    rows.append(row if it.lang is None else {**row, "lang": it.lang})
-                yield SuiteClip(it, clip, name)
-                bar.update(1)
+        for it, clip in zip(items, pipe.generate_many(requests, batch_size=batch_size)):
+            name = None
+            if out is not None:
+                name = f"{len(rows):05d}.mp4"
+                clip.save(out / name)
+                row = {"video": name, "caption": it.prompt, "seed": it.seed}
+                rows.append(row if it.lang is None else {**row, "lang": it.lang})
+            yield SuiteClip(it, clip, name)
+            bar.update(1)
     if out is not None:
         _write_jsonl(out / "captions.jsonl", rows)

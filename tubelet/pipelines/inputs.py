@@ -136,6 +136,8 @@ def load_clip(
         source = str(video)
         probe = probe_video(video)
         src_fps, src_hw = probe.fps, (probe.height, probe.width)
+        if probe.num_frames <= 1:  # a still image (or a one-frame clip) has no frame rate to adapt
+            src_fps = fps
         scale = max(height / probe.height, width / probe.width)
         # Shrink while decoding (less memory); `_pixels` then crops and resizes exactly.
         size = math.ceil(min(src_hw) * scale - 1e-9) if scale < 1 else None

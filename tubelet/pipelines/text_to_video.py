@@ -39,7 +39,7 @@ known latent frames and which output frames are new. The pipeline holds no per-c
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,9 @@ class PipelineConfig:
     num_inference_steps: int = 20
     guidance_scale: float = 4.0
     sampler: str = "unipc"
-    shift: float | None = None  # None: the resolution-aware shift of `flow`
+    # Sampling shift override; None (the default): the training objective's own (`flow`: its fixed
+    # shift, or the resolution-aware one), so the shift is stored once.
+    shift: float | None = None
     negative_prompt: str = ""
     latents_mean: list[float] | None = None  # None: taken from the VAE config (or identity)
     latents_std: list[float] | None = None
@@ -457,6 +459,58 @@ class TextToVideoPipeline:
             result = self(r.prompt, extra_metadata=meta, **kw)
         assert isinstance(result, VideoResult)
         return result
+
+    @torch.no_grad()
+    def generate_many(
+        self, requests: list[GenerationRequest], *, batch_size: int = 8, progress: bool = False
+    ) -> Iterator[VideoResult]:
+        """Run many requests, yielding one result per request in order (e.g. an evaluation suite).
+
+        Every request is validated before any work. Consecutive text-to-video requests that differ
+        only in prompt and seed run as one batch of up to `batch_size` clips (one seed per clip, so a
+        clip is the same as when generated alone); other tasks run one at a time.
+        """
+        if batch_size < 1:
+            raise TubeletError(f"batch_size must be >= 1, got {batch_size}")
+        for r in requests:
+            r.validate()
+
+        def settings(r: GenerationRequest) -> tuple[Any, ...]:
+            d = r.to_dict()
+            d.pop("prompt"), d.pop("seed")
+            return tuple(sorted(d.items(), key=lambda kv: kv[0]))
+
+        i = 0
+        while i < len(requests):
+            first = requests[i]
+            if first.task != "t2v" or first.seed is None:
+                yield self.generate(first, progress=progress)
+                i += 1
+                continue
+            j = i + 1
+            while j < len(requests) and j - i < batch_size and requests[j].seed is not None:
+                if settings(requests[j]) != settings(first):
+                    break
+                j += 1
+            chunk = requests[i:j]
+            r = first
+            results = self(
+                [c.prompt for c in chunk],
+                seed=[int(c.seed) for c in chunk if c.seed is not None],
+                num_frames=r.num_frames,
+                height=r.height,
+                width=r.width,
+                num_inference_steps=r.num_inference_steps,
+                guidance_scale=r.guidance_scale,
+                negative_prompt=r.negative_prompt,
+                sampler=r.sampler,
+                progress=progress,
+            )
+            assert isinstance(results, list)
+            for c, res in zip(chunk, results):
+                res.metadata["request"] = c.to_dict()
+                yield res
+            i = j
 
     # ------------------------------------------------------------------ conditioning tasks
     @torch.no_grad()

@@ -9,7 +9,9 @@ Order of wrappers (torchtitan's order, each optional):
      forward that runs under non-reentrant ``torch.utils.checkpoint``; names and state dicts unchanged)
   2. ``torch.compile`` per block (keeps graph breaks local and compile time short)
   3. FSDP2 ``fully_shard`` per transformer block, then on the root (so each block's
-     parameters are gathered just in time and freed after), or DDP on the root.
+     parameters are gathered just in time and freed after), with a ``MixedPrecisionPolicy``
+     (bf16 parameters for compute and communication, fp32 gradient reduction and master weights)
+     when the run trains in bf16; or DDP on the root.
 """
 
 from __future__ import annotations
@@ -132,12 +134,16 @@ def apply_parallelism(
     compile: bool = False,
     activation_checkpointing: bool = False,
     submodules: list[nn.Module] | None = None,
+    param_dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """Wrap `model` for training. `submodules` are the modules whose declared blocks get
     checkpointed / compiled / sharded (default: `model` itself).
 
     mode: "none" (single process or replicated without sync: only valid with world size 1),
     "ddp" (replicated, gradients all-reduced) or "fsdp" (FSDP2 fully_shard per block + root).
+    param_dtype (fsdp): FSDP2's `MixedPrecisionPolicy` — parameters are all-gathered and computed
+    in this dtype (e.g. bfloat16: half the communication), gradients reduced in float32, and the
+    sharded master weights and optimizer state stay float32 (torchtitan's policy).
     """
     if mode not in ("none", "ddp", "fsdp"):
         raise ValueError(f"parallel mode must be none, ddp or fsdp, got {mode!r}")
@@ -157,16 +163,19 @@ def apply_parallelism(
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DDP(model, device_ids=ids)
     if mode == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         if not info.distributed:
             dist_ok = dist.is_initialized()
             if not dist_ok:
                 raise ValueError("--parallel fsdp needs torchrun (WORLD_SIZE > 1)")
+        mp = MixedPrecisionPolicy(
+            param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype is not None else None
+        )
         for sub in targets:
             for block in blocks_of(sub):
-                fully_shard(block)
-        fully_shard(model)
+                fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
     return model
 
 

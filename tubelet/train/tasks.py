@@ -233,8 +233,7 @@ class DiTTask:
             num_inference_steps=self.cfg.samples.steps,
             guidance_scale=self.cfg.samples.guidance_scale,
             sampler=self.cfg.samples.sampler,
-            shift=self.cfg.flow.shift,
-            flow=dataclasses.asdict(self.cfg.flow),
+            flow=dataclasses.asdict(self.cfg.flow),  # sampling takes its shift from here
         )
         return TextToVideoPipeline(model.dit, text, self.vae, pcfg)
 

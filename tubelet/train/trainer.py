@@ -272,6 +272,7 @@ def train(
     wrapped = apply_parallelism(
         model, info, mode=cfg.parallel, compile=cfg.compile,
         activation_checkpointing=cfg.grad_checkpointing, submodules=task.submodules(),
+        param_dtype=autocast_dtype(cfg, device) if cfg.parallel == "fsdp" else None,
     )  # fmt: skip
     ema = EMA(wrapped, cfg.ema_decay) if cfg.ema_decay else None  # after sharding: same placements
     params = [p for p in wrapped.parameters() if p.requires_grad]
