@@ -111,3 +111,17 @@ def test_two_process_fsdp_run_resumes(data: Path, tmp_path: Path) -> None:
     wa, wb = _final(straight), _final(resumed)
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-6, rtol=0), k
+
+
+def test_fsdp_bf16_keeps_float32_master_weights(data: Path, tmp_path: Path) -> None:
+    """precision=bf16 under FSDP2: a MixedPrecisionPolicy computes and all-gathers in bf16, reduces
+    gradients in fp32 and keeps the sharded master weights (and so the checkpoint) in fp32."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    bf16 = ("--set", "precision=bf16")  # the last --set wins over _run's fp32
+    _run(data, one, 1, 4, "--max-steps", "2", "--save-every", "0", *bf16)
+    _run(data, two, 2, 2, "--max-steps", "2", "--save-every", "0", "--parallel", "fsdp", *bf16)
+    weights = _final(two)
+    assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
+    a, b = _losses(one), _losses(two)
+    # bf16 parameters (FSDP) vs bf16 autocast over fp32 parameters (one process): close, not equal
+    assert all(abs(x - y) <= 0.05 * abs(x) for x, y in zip(a, b)), (a, b)
