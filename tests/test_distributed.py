@@ -125,3 +125,23 @@ def test_fsdp_bf16_keeps_float32_master_weights(data: Path, tmp_path: Path) -> N
     a, b = _losses(one), _losses(two)
     # bf16 parameters (FSDP) vs bf16 autocast over fp32 parameters (one process): close, not equal
     assert all(abs(x - y) <= 0.05 * abs(x) for x, y in zip(a, b)), (a, b)
+
+
+def test_two_process_fsdp_sharded_checkpoints_resume_exactly(data: Path, tmp_path: Path) -> None:
+    """sharded_checkpoint_mb=0: every checkpoint is a torch.distributed.checkpoint folder written by
+    both ranks (nothing gathered). Resuming is exact; the export reads it in one process."""
+    from tubelet.train.trainer import export_checkpoint
+
+    sharded = ("--set", "sharded_checkpoint_mb=0", "--parallel", "fsdp", "--save-every", "2")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _run(data, straight, 2, 2, "--max-steps", "4", *sharded)
+    _run(data, resumed, 2, 2, "--max-steps", "2", *sharded)
+    _run(data, resumed, 2, 2, "--max-steps", "4", *sharded, "--resume")
+    last = ckpt.latest_checkpoint(straight)
+    assert ckpt.is_sharded(last) and not (last / "model.safetensors").exists()
+    assert _losses(straight) == pytest.approx(_losses(resumed), rel=1e-6)
+    out = export_checkpoint(resumed, tmp_path / "exp")
+    for sub in ("transformer", "text_encoder"):
+        a = load_safetensors(straight / "model" / sub / "model.safetensors")
+        b = load_safetensors(out / sub / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a), sub

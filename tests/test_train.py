@@ -408,9 +408,11 @@ def test_cache_device_errors_are_clear(
         assert f"device '{dev}'" in capsys.readouterr().err
 
 
-def test_checkpoint_holds_only_the_trainable_state(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sharded", [False, True], ids=["files", "dcp"])
+def test_checkpoint_holds_only_the_trainable_state(tmp_path: Path, sharded: bool) -> None:
     """Frozen parameters (e.g. a LoRA run's base) are not written to a checkpoint; resuming rebuilds
-    them from the run's config and restores the trainable ones and the optimizer exactly."""
+    them from the run's config and restores the trainable ones and the optimizer exactly. The same
+    for a sharded (torch.distributed.checkpoint) checkpoint."""
     from torch import nn
 
     from tubelet.train.parallel import DistInfo
@@ -430,10 +432,14 @@ def test_checkpoint_holds_only_the_trainable_state(tmp_path: Path) -> None:
     gen = torch.Generator().manual_seed(1)
     info = DistInfo()
     path = ckpt.save_checkpoint(
-        tmp_path, 3, info=info, model=model, optim=optim, ema_state=None,
-        trainer_state={"step": 3}, generator=gen, keep_last=2,
+        tmp_path, 3, info=info, model=model, optim=optim, ema=None,
+        trainer_state={"step": 3}, generator=gen, keep_last=2, sharded=sharded,
     )  # fmt: skip
-    saved = load_safetensors(path / "model.safetensors")
+    if sharded:
+        assert ckpt.is_sharded(path) and not (path / "model.safetensors").exists()
+        saved = ckpt.read_sharded_weights(path, model, use_ema=False)
+    else:
+        saved = load_safetensors(path / "model.safetensors")
     assert set(saved) == {"1.weight", "1.bias", "2.weight", "2.bias"}
     state = json.loads((path / "trainer.json").read_text())
     assert state["frozen_parameters"] == ["0.bias", "0.weight"]
@@ -455,7 +461,7 @@ def test_checkpoint_holds_only_the_trainable_state(tmp_path: Path) -> None:
 
     wrong = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2), nn.Linear(2, 2))
     wrong[0].requires_grad_(False)
-    with pytest.raises(ValueError, match="trainable weights"):
+    with pytest.raises(ckpt.CheckpointError, match="does not match this run's model|cannot be restored"):
         ckpt.load_checkpoint(
             path, info=info, model=wrong, optim=torch.optim.AdamW(wrong[1:].parameters()), generator=gen
         )

@@ -56,7 +56,6 @@ def oracle(
 
     --suite FILE: generate every prompt of the suite (model defaults, its own seed), then score it.
     """
-    import json
 
     from tubelet.errors import DataError, TubeletError
     from tubelet.recipes.shapes.oracle import evaluate_folder, format_table
@@ -96,7 +95,9 @@ def oracle(
             else Path("outputs") / f"oracle-{suite.stem}.json"
         )
         path = out if out is not None else default
+    from tubelet.core.files import atomic_write_json
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_json(path, report, indent=1)
     typer.echo(format_table(report))
     typer.echo(f"report: {path}")

@@ -22,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from tubelet.core.files import atomic_write_text
 from tubelet.errors import ConfigError, DataError, ModelLoadError, VideoError
 from tubelet.eval.dimensions import (
     Clip,
@@ -489,8 +490,8 @@ def write_report(run: EvalRun, out_dir: str | Path) -> tuple[Path, Path]:
     try:
         out.mkdir(parents=True, exist_ok=True)
         jp, hp = out / "report.json", out / "report.html"
-        jp.write_text(json.dumps(run.report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        hp.write_text(render_html(run), encoding="utf-8")
+        atomic_write_text(jp, json.dumps(run.report, indent=2, allow_nan=False) + "\n")
+        atomic_write_text(hp, render_html(run))
     except OSError as e:
         raise DataError(f"{out}: cannot write the report ({e.strerror or e})") from None
     return jp, hp

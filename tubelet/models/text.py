@@ -41,7 +41,6 @@ import dataclasses
 import html
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -501,9 +500,9 @@ class HFTextEncoder(nn.Module):
         self.model.save_pretrained(str(d / HF_MODEL_DIR))
         self.tokenizer.save_pretrained(str(d / HF_TOKENIZER_DIR))
         cfg = {"_class": type(self).__name__, "max_length": self.max_length, "clean": self.clean}
-        tmp = d / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, d / CONFIG_NAME)
+        from tubelet.core.files import atomic_write_json
+
+        atomic_write_json(d / CONFIG_NAME, cfg)
         return d
 
 

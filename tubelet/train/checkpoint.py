@@ -11,6 +11,12 @@ Layout of ``RUN/checkpoints/step-NNNNNNN/``::
     trainer.json           step, data position, counters, the run config, python/numpy RNG states
     rng-rank<R>.safetensors  torch RNG states of rank R (CPU, accelerator, the objective's generator)
 
+A checkpoint whose trainable state (weights, AdamW moments, EMA) is larger than
+`TrainConfig.sharded_checkpoint_mb` holds ``sharded/`` (a `torch.distributed.checkpoint` folder: each
+rank writes its own shards in parallel, nothing is gathered onto one process) instead of
+model.safetensors, ema.safetensors and optimizer.pt. It loads on any world size (DCP reshards);
+`tubelet export` reads it in one process.
+
 Everything is written into ``step-NNNNNNN.tmp`` first and renamed when complete, so a
 checkpoint directory under its final name is always whole; a ``*.tmp`` left by a killed run
 is ignored and removed. Full (gathered) state dicts are used for DDP and FSDP2 alike, via
@@ -35,6 +41,7 @@ from torch import nn
 from tubelet.core.files import atomic_write_json
 from tubelet.errors import TubeletError
 from tubelet.models.hub import load_safetensors, save_state_dict
+from tubelet.train.ema import EMA
 from tubelet.train.parallel import DistInfo
 
 log = logging.getLogger(__name__)
@@ -119,28 +126,43 @@ def save_checkpoint(
     info: DistInfo,
     model: nn.Module,
     optim: torch.optim.Optimizer,
-    ema_state: dict[str, torch.Tensor] | None,
+    ema: EMA | None,
     trainer_state: dict[str, Any],
     generator: torch.Generator,
     keep_last: int,
+    sharded: bool = False,
 ) -> Path:
-    """Write a checkpoint (all ranks call this: gathering is collective), keep the last `keep_last`."""
+    """Write a checkpoint (all ranks call this: it is collective), keep the last `keep_last`.
+
+    sharded: write ``sharded/`` with torch.distributed.checkpoint (see the module doc).
+    """
     final = step_dir(run, step)
     tmp = final.with_name(final.name + ".tmp")
     frozen = frozen_parameter_names(model)
-    model_sd = {k: v for k, v in gather_model_state(model).items() if k not in frozen}
-    optim_sd = gather_optimizer_state(model, optim)
+    if not sharded:
+        model_sd = {k: v for k, v in gather_model_state(model).items() if k not in frozen}
+        optim_sd = gather_optimizer_state(model, optim)
+        ema_sd = ema.state_dict() if ema is not None else None
     if info.is_main:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     _barrier(info)
     save_state_dict(rng_state(generator), tmp / f"rng-rank{info.rank}.safetensors")
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(
+            _sharded_state(model, optim, ema, frozen),
+            checkpoint_id=str(tmp / SHARDED_DIR),
+            no_dist=not dist.is_initialized(),
+        )
     if info.is_main:
-        save_state_dict(model_sd, tmp / "model.safetensors")
-        if ema_state is not None:
-            save_state_dict(ema_state, tmp / "ema.safetensors")
-        torch.save(optim_sd, tmp / "optimizer.pt")
+        if not sharded:
+            save_state_dict(model_sd, tmp / "model.safetensors")
+            if ema_sd is not None:
+                save_state_dict(ema_sd, tmp / "ema.safetensors")
+            torch.save(optim_sd, tmp / "optimizer.pt")
         state = dict(trainer_state)
         state["python_rng"] = _py_rng()
         state["numpy_rng"] = _np_rng()
@@ -159,6 +181,69 @@ def save_checkpoint(
                 shutil.rmtree(stale, ignore_errors=True)
     _barrier(info)
     return final
+
+
+SHARDED_DIR = "sharded"
+
+
+def _sharded_state(
+    model: nn.Module, optim: torch.optim.Optimizer | None, ema: EMA | None, frozen: set[str]
+) -> dict[str, Any]:
+    """{"model", "optim", "ema"}: the live (sharded) tensors DCP saves from and loads into."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    opts = StateDictOptions(full_state_dict=False)
+    if optim is not None:
+        msd, osd = get_state_dict(model, optim, options=opts)
+    else:
+        msd, osd = get_model_state_dict(model, options=opts), None
+    out: dict[str, Any] = {"model": {k: v for k, v in msd.items() if k not in frozen}}
+    if osd is not None:
+        out["optim"] = osd
+    if ema is not None:
+        out["ema"] = ema.sharded_state_dict()
+    return out
+
+
+def is_sharded(path: Path) -> bool:
+    return (path / SHARDED_DIR).is_dir()
+
+
+def read_sharded_weights(path: Path, model: nn.Module, *, use_ema: bool) -> dict[str, torch.Tensor]:
+    """The full trainable weights (EMA ones with `use_ema`) of a sharded checkpoint, in one process."""
+    import torch.distributed.checkpoint as dcp
+
+    frozen = frozen_parameter_names(model)
+    full = {k: torch.empty_like(v, device="cpu") for k, v in model.state_dict().items() if k not in frozen}
+    want: dict[str, Any] = {"model": full}
+    if use_ema:
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        want["ema"] = {n: torch.empty_like(full[n], dtype=torch.float32) for n in names}
+    if not (path / SHARDED_DIR / ".metadata").is_file():
+        raise CheckpointError(f"{path / SHARDED_DIR}: incomplete (no .metadata)")
+    try:
+        dcp.load(want, checkpoint_id=str(path / SHARDED_DIR), no_dist=not dist.is_initialized())
+    except _dcp_errors() as e:  # CheckpointException wraps each rank's error
+        raise CheckpointError(f"{path / SHARDED_DIR}: unreadable ({_first_line(e)})") from None
+    out = dict(full)
+    if use_ema:
+        out.update(want["ema"])
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    failures = getattr(e, "failures", None)  # DCP's CheckpointException: each rank's (error, trace)
+    if isinstance(failures, dict) and failures:
+        e = next(iter(failures.values()))[0]
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+def _dcp_errors() -> tuple[type[BaseException], ...]:
+    """What DCP raises: ordinary errors, and its CheckpointException (a BaseException)."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return (Exception, CheckpointException)
 
 
 class CheckpointError(TubeletError):
@@ -207,8 +292,9 @@ def load_checkpoint(
     model: nn.Module,
     optim: torch.optim.Optimizer,
     generator: torch.Generator,
-) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
-    """Restore model/optimizer/RNG from `path`; returns (trainer_state, ema_state or None).
+    ema: EMA | None = None,
+) -> dict[str, Any]:
+    """Restore model/optimizer/EMA/RNG from `path`; returns the trainer state (trainer.json).
 
     Every file is read and checked before anything is restored; a damaged or foreign checkpoint
     raises CheckpointError naming the file.
@@ -218,10 +304,13 @@ def load_checkpoint(
     from tubelet.errors import ModelLoadError
 
     state = read_trainer_state(path)
+    if is_sharded(path):
+        _load_sharded(path, state, info=info, model=model, optim=optim, generator=generator, ema=ema)
+        return state
     try:
         model_sd = load_safetensors(path / "model.safetensors")
         ema_file = path / "ema.safetensors"
-        ema = load_safetensors(ema_file) if ema_file.is_file() else None
+        ema_sd = load_safetensors(ema_file) if ema_file.is_file() else None
         rng_file = path / f"rng-rank{info.rank}.safetensors"
         same_world = state.get("world_size") == info.world_size
         rng = load_safetensors(rng_file) if rng_file.is_file() and same_world else None
@@ -252,11 +341,53 @@ def load_checkpoint(
             set_rng_state(rng, generator)
             random.setstate(_to_tuple(state["python_rng"]))
             np.random.set_state(_np_from(state["numpy_rng"]))
+        if ema is not None and ema_sd is not None:
+            ema.load_state_dict(ema_sd, int(state.get("ema_updates", state["step"])))
     except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
-        raise CheckpointError(
-            f"{path}: cannot be restored ({str(e).strip().splitlines()[0][:200]})"
-        ) from None
-    return state, ema
+        raise CheckpointError(f"{path}: cannot be restored ({_first_line(e)})") from None
+    return state
+
+
+def _load_sharded(
+    path: Path,
+    state: dict[str, Any],
+    *,
+    info: DistInfo,
+    model: nn.Module,
+    optim: torch.optim.Optimizer,
+    generator: torch.Generator,
+    ema: EMA | None,
+) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    from tubelet.errors import ModelLoadError
+
+    if not (path / SHARDED_DIR / ".metadata").is_file():
+        raise CheckpointError(f"{path / SHARDED_DIR}: incomplete (no .metadata)")
+    try:
+        rng_file = path / f"rng-rank{info.rank}.safetensors"
+        same_world = state.get("world_size") == info.world_size
+        rng = load_safetensors(rng_file) if rng_file.is_file() and same_world else None
+    except ModelLoadError as e:
+        raise CheckpointError(str(e)) from None
+    frozen = frozen_parameter_names(model)
+    live = _sharded_state(model, optim, ema, frozen)
+    try:
+        # into the live tensors, in place
+        dcp.load(live, checkpoint_id=str(path / SHARDED_DIR), no_dist=not dist.is_initialized())
+        set_state_dict(
+            model, optim, model_state_dict=live["model"], optim_state_dict=live["optim"],
+            options=StateDictOptions(full_state_dict=False, strict=not frozen),
+        )  # fmt: skip
+    except _dcp_errors() as e:  # CheckpointException wraps each rank's error
+        raise CheckpointError(f"{path / SHARDED_DIR}: cannot be restored ({_first_line(e)})") from None
+    if ema is not None:
+        ema.num_updates = int(state.get("ema_updates", state["step"]))
+    if rng is not None:
+        set_rng_state(rng, generator)
+        random.setstate(_to_tuple(state["python_rng"]))
+        np.random.set_state(_np_from(state["numpy_rng"]))
 
 
 def load_latest_checkpoint(
@@ -266,7 +397,8 @@ def load_latest_checkpoint(
     model: nn.Module,
     optim: torch.optim.Optimizer,
     generator: torch.Generator,
-) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor] | None] | None:
+    ema: EMA | None = None,
+) -> tuple[Path, dict[str, Any]] | None:
     """Restore the newest intact checkpoint of `run` (None when it has none).
 
     A damaged newer checkpoint is skipped with a warning that names it and the cause; when every
@@ -276,7 +408,7 @@ def load_latest_checkpoint(
     problems: list[str] = []
     for path in reversed(found):
         try:
-            state, ema = load_checkpoint(path, info=info, model=model, optim=optim, generator=generator)
+            state = load_checkpoint(path, info=info, model=model, optim=optim, generator=generator, ema=ema)
         except CheckpointError as e:
             problems.append(str(e))
             if info.is_main:
@@ -286,7 +418,7 @@ def load_latest_checkpoint(
             log.warning(
                 "resuming from %s; %d newer damaged checkpoint(s) left in place", path.name, len(problems)
             )
-        return path, state, ema
+        return path, state
     if problems:
         raise CheckpointError(
             f"{run}: no intact checkpoint ({'; '.join(problems)}); remove the damaged step folders to start "

@@ -128,6 +128,10 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 3
+    # Checkpoints whose trainable state (weights + AdamW moments + EMA, fp32) is above this many MiB
+    # are written sharded with torch.distributed.checkpoint (each rank its part, nothing gathered);
+    # smaller ones as single files. 0: always sharded.
+    sharded_checkpoint_mb: float = 2048.0
     max_bad_steps: int = 5  # consecutive NaN/inf losses before the run stops
     samples: SampleConfig = field(default_factory=SampleConfig)
     out_dir: str | None = None  # the run directory when none is given (`tubelet train --out`)
@@ -138,6 +142,10 @@ class TrainConfig:
         for name in ("max_steps", "grad_accum", "log_every", "keep_last", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.sharded_checkpoint_mb) and self.sharded_checkpoint_mb >= 0):
+            raise ConfigError(
+                f"TrainConfig.sharded_checkpoint_mb must be >= 0, got {self.sharded_checkpoint_mb}"
+            )
         if self.save_every < 0:
             raise ConfigError(f"TrainConfig.save_every must be >= 0, got {self.save_every}")
         if not self.recon_foreground_weight >= 0.0:

@@ -42,6 +42,11 @@ class EMA:
             out[_strip(n, prefix_strip)] = _full(s)
         return out
 
+    def sharded_state_dict(self, prefix_strip: str = "") -> dict[str, torch.Tensor]:
+        """The live shadow tensors (DTensor shards under FSDP2), keyed like `state_dict`: what
+        `torch.distributed.checkpoint` saves from, and loads into in place."""
+        return {_strip(n, prefix_strip): s for n, s in zip(self.names, self.shadow, strict=True)}
+
     @torch.no_grad()
     def load_state_dict(
         self, state: dict[str, torch.Tensor], num_updates: int, prefix_strip: str = ""

@@ -297,12 +297,12 @@ def train(
 
     step, bad_total = 0, 0
     restored = (
-        ckpt.load_latest_checkpoint(run, info=info, model=wrapped, optim=optim, generator=generator)
+        ckpt.load_latest_checkpoint(run, info=info, model=wrapped, optim=optim, generator=generator, ema=ema)
         if resume
         else None
     )
     if restored is not None:
-        last, state, ema_sd = restored
+        last, state = restored
         step, bad_total = int(state["step"]), int(state.get("bad_steps", 0))
         try:
             batches.load_state_dict(state["data"])
@@ -311,15 +311,16 @@ def train(
                 f"{last / 'trainer.json'}: the data position cannot be restored ({e}); remove this step folder "
                 "to resume from the one before it"
             ) from None
-        if ema is not None and ema_sd is not None:
-            ema.load_state_dict(ema_sd, int(state.get("ema_updates", step)))
         if info.is_main:
             log.info("resumed from %s at step %d", last, step)
     if info.is_main:  # after the restore: a refused resume leaves the run's config as it was
         atomic_write_json(run / "config.json", config_to_dict(cfg), indent=1)
 
+    # trainable state written per checkpoint: fp32 weights, AdamW's two moments, the EMA copy
+    trainable = sum(p.numel() * p.element_size() for p in params)
+    sharded = trainable * (4 if ema is not None else 3) > cfg.sharded_checkpoint_mb * 2**20
+
     def save(at: int) -> None:
-        ema_sd = ema.state_dict() if ema is not None else None
         state = {
             "step": at,
             "data": batches.state_dict(),
@@ -328,8 +329,8 @@ def train(
             "config": config_to_dict(cfg),
         }
         ckpt.save_checkpoint(
-            run, at, info=info, model=wrapped, optim=optim, ema_state=ema_sd,
-            trainer_state=state, generator=generator, keep_last=cfg.keep_last,
+            run, at, info=info, model=wrapped, optim=optim, ema=ema, trainer_state=state,
+            generator=generator, keep_last=cfg.keep_last, sharded=sharded,
         )  # fmt: skip
 
     amp = autocast_dtype(cfg, device)
@@ -508,7 +509,6 @@ def export_checkpoint(
     from tubelet.config import config_from_dict
     from tubelet.core.parsing import read_json
     from tubelet.errors import ModelLoadError
-    from tubelet.models.hub import load_safetensors
     from tubelet.train.config import TrainConfig
 
     run = Path(run_dir)
@@ -541,14 +541,14 @@ def export_checkpoint(
     problems: list[str] = []
     for path in candidates:
         try:
-            state = load_safetensors(path / "model.safetensors")
-            ema_file = path / "ema.safetensors"
-            if use_ema:
-                if not ema_file.is_file():
+            if ckpt.is_sharded(path):
+                state = ckpt.read_sharded_weights(path, model, use_ema=use_ema and cfg.ema_decay is not None)
+                if use_ema and cfg.ema_decay is None:
                     raise TubeletError(
                         f"{path}: has no EMA weights (ema_decay was 0); pass use_ema=False / --no-ema"
                     )
-                state.update(load_safetensors(ema_file))
+            else:
+                state = _read_full_weights(path, use_ema)
             expected = model.state_dict()
             bad = [
                 k for k, v in state.items() if k not in expected or tuple(v.shape) != tuple(expected[k].shape)
@@ -573,6 +573,19 @@ def export_checkpoint(
     if dtype is not None:
         model.to(dtype)
     return task.export(model, Path(out))
+
+
+def _read_full_weights(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
+    """model.safetensors, with the EMA weights of ema.safetensors over it when `use_ema`."""
+    from tubelet.models.hub import load_safetensors
+
+    state = load_safetensors(path / "model.safetensors")
+    if use_ema:
+        ema_file = path / "ema.safetensors"
+        if not ema_file.is_file():
+            raise TubeletError(f"{path}: has no EMA weights (ema_decay was 0); pass use_ema=False / --no-ema")
+        state.update(load_safetensors(ema_file))
+    return state
 
 
 def default_num_threads() -> None:

@@ -11,6 +11,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from tubelet.core.files import atomic_write_json
 from tubelet.errors import DataError
 from tubelet.recipes.shapes.grammar import COLORS, MOTIONS, SHAPES
 from tubelet.recipes.shapes.render import _frame_size, make_clip
@@ -127,7 +128,7 @@ def write_dataset(
         "holdout": sorted([list(c) for c in held]),
     }
     # the marker goes first so that an interrupted write can be regenerated in place
-    (out / MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out / MARKER, meta)
     t0 = time.perf_counter()
     skipped = 0
     captions_tmp = out / "captions.jsonl.tmp"
@@ -157,5 +158,5 @@ def write_dataset(
     captions_tmp.replace(out / "captions.jsonl")
     scenes_tmp.replace(out / "scenes.jsonl")
     meta.update(complete=True, skipped_holdout=skipped, seconds=round(time.perf_counter() - t0, 3))
-    (out / MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out / MARKER, meta)
     return out
