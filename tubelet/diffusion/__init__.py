@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tubelet.diffusion.cond import Cond
+from tubelet.diffusion.cond import Boxes, Cond
 from tubelet.diffusion.flow import (
     FlowConfig,
     drop_captions,
@@ -15,6 +15,7 @@ from tubelet.diffusion.sampling import SAMPLERS, flow_schedule, make_velocity_fn
 
 __all__ = [
     "SAMPLERS",
+    "Boxes",
     "Cond",
     "FlowConfig",
     "drop_captions",

@@ -14,7 +14,8 @@ Fields (batch-first; B = batch, L = text tokens, D = text width, C/F/H/W = laten
 * ``known_mask`` (B, F) bool or None: latent frames given clean (image-to-video, extension,
   interpolation, loops). Their per-frame noise level is 0; samplers keep them at ``known``
   (B, C, F, H, W) and the objective leaves them out of the loss (taking their values from x0).
-* ``boxes``: reserved for box tracks (Boximator-style motion control); unused so far.
+* ``boxes``: a `Boxes` (box tracks per latent frame, Boximator-style motion control) or None; read
+  by a box-controlled denoiser (`tubelet.models.box_adapter.BoxedDiT`), refused by a plain one.
 * ``image_embeds`` (B, L_img, D_img) or None: reserved for image-encoder features (Wan I2V).
 
 A model reads the fields it knows and must raise a clear error for a field it cannot use.
@@ -30,6 +31,57 @@ from torch import Tensor
 
 
 @dataclass
+class Boxes:
+    """Box tracks sampled at the latent frames (N tracks, padded with present = False).
+
+    boxes (B, N, F', 4) float (x0, y0, x1, y1) in [0, 1]; present (B, N, F') bool (the track has a box
+    at that latent frame); hard (B, N) bool (hard box: the object is exactly there; soft: stays inside);
+    objects (B, N) int64 (the index of the prompt's object the track binds to).
+    """
+
+    boxes: Tensor
+    present: Tensor
+    hard: Tensor
+    objects: Tensor
+
+    def __post_init__(self) -> None:
+        if self.boxes.ndim != 4 or self.boxes.shape[-1] != 4:
+            raise ValueError(f"Boxes.boxes must be (B, N, F', 4), got shape {tuple(self.boxes.shape)}")
+        b, n, f, _ = self.boxes.shape
+        for name, want in (("present", (b, n, f)), ("hard", (b, n)), ("objects", (b, n))):
+            got = tuple(getattr(self, name).shape)
+            if got != want:
+                raise ValueError(f"Boxes.{name} has shape {got}; expected {want}")
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def to(self, device: torch.device | str) -> Boxes:
+        return Boxes(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    def expand(self, batch: int) -> Boxes:
+        return Boxes(
+            *(getattr(self, f.name).expand(batch, *getattr(self, f.name).shape[1:]) for f in fields(self))
+        )
+
+    @staticmethod
+    def cat(items: list[Boxes]) -> Boxes:
+        """Concatenate along the batch, padding the track axis with absent tracks."""
+        n = max(x.boxes.shape[1] for x in items)
+        out: list[list[Tensor]] = [[], [], [], []]
+        for x in items:
+            pad = n - x.boxes.shape[1]
+            parts = [x.boxes, x.present, x.hard, x.objects]
+            if pad:
+                parts = [torch.cat([t, t.new_zeros(t.shape[0], pad, *t.shape[2:])], dim=1) for t in parts]
+            for acc, t in zip(out, parts):
+                acc.append(t)
+        device = items[0].boxes.device
+        return Boxes(*(torch.cat([t.to(device) for t in acc], dim=0) for acc in out))
+
+
+@dataclass
 class Cond:
     """Conditioning of a denoiser call (see the module doc for the shapes)."""
 
@@ -38,7 +90,7 @@ class Cond:
     text_ids: Tensor | None = None
     known: Tensor | None = None
     known_mask: Tensor | None = None
-    boxes: Any = None
+    boxes: Boxes | None = None
     image_embeds: Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -70,8 +122,8 @@ class Cond:
 
     def to(self, device: torch.device | str) -> Cond:
         """The same conditioning with every tensor on `device`."""
-        moved = {
-            f.name: v.to(device) if isinstance(v := getattr(self, f.name), Tensor) else v
+        moved: dict[str, Any] = {
+            f.name: v.to(device) if isinstance(v := getattr(self, f.name), (Tensor, Boxes)) else v
             for f in fields(self)
         }
         return Cond(**moved)
@@ -82,10 +134,13 @@ class Cond:
             return self
         if self.batch_size != 1:
             raise ValueError(f"cannot expand a conditioning of batch {self.batch_size} to {batch}")
-        out = {}
+        out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = v.expand(batch, *v.shape[1:]) if isinstance(v, Tensor) else v
+            if isinstance(v, Boxes):
+                out[f.name] = v.expand(batch)
+            else:
+                out[f.name] = v.expand(batch, *v.shape[1:]) if isinstance(v, Tensor) else v
         return Cond(**out)
 
     @staticmethod
@@ -125,5 +180,7 @@ class Cond:
                 out[name] = torch.cat([v.to(device) for v in vals], dim=0)
         boxes = [c.boxes for c in conds]
         if any(b is not None for b in boxes):
-            raise ValueError("Cond.cat: box conditioning cannot be batched yet")
+            if not all(b is not None for b in boxes):
+                raise ValueError("Cond.cat: boxes are set on some conditionings and not on others")
+            out["boxes"] = Boxes.cat([b for b in boxes if b is not None])
         return Cond(**out)
