@@ -243,3 +243,37 @@ def track_arrays(tracks: list[BoxTrack], frames: list[float]) -> tuple[np.ndarra
                 boxes[i, j], present[i, j] = b, True
     hard = np.array([tr.hard for tr in tracks], bool)
     return boxes, present, hard
+
+
+# distinct colours for the tracks of a preview (RGB)
+_COLOURS = [(0, 255, 255), (255, 0, 255), (255, 255, 0), (0, 255, 0), (255, 255, 255), (255, 140, 0)]
+
+
+def draw_boxes(frames: np.ndarray, tracks: list[BoxTrack], thickness: int = 1) -> np.ndarray:
+    """A copy of uint8 frames (T, H, W, 3) with each track's box drawn where it is present.
+
+    Hard boxes are solid outlines, soft boxes dashed; each track has its own colour.
+    """
+    out = np.array(frames, copy=True)
+    t_len, h, w = out.shape[:3]
+    for i, track in enumerate(tracks):
+        colour = np.array(_COLOURS[i % len(_COLOURS)], np.uint8)
+        for t in range(t_len):
+            b = track.box_at(t)
+            if b is None:
+                continue
+            x0, x1 = (min(w - 1, max(0, round(v * w - 0.5))) for v in (b[0], b[2]))
+            y0, y1 = (min(h - 1, max(0, round(v * h - 0.5))) for v in (b[1], b[3]))
+            keep_x = np.ones(x1 - x0 + 1, bool)
+            keep_y = np.ones(y1 - y0 + 1, bool)
+            if not track.hard:  # dashed: 3 on, 2 off
+                keep_x = (np.arange(x1 - x0 + 1) % 5) < 3
+                keep_y = (np.arange(y1 - y0 + 1) % 5) < 3
+            for k in range(thickness):
+                for y in (min(h - 1, y0 + k), max(0, y1 - k)):
+                    row = out[t, y, x0 : x1 + 1]
+                    row[keep_x] = colour
+                for x in (min(w - 1, x0 + k), max(0, x1 - k)):
+                    col = out[t, y0 : y1 + 1, x]
+                    col[keep_y] = colour
+    return out

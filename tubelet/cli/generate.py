@@ -73,6 +73,15 @@ def generate(
         "--context",
         help="With --extend/--connect: latent frames taken from the input (1 latent = 4 frames).",
     ),
+    boxes: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--boxes", help="Box tracks (JSON file, docs/box-control.md): where each object goes."
+    ),
+    box: list[str] = typer.Option(
+        [], "--box", help='One box track inline, repeatable: "OBJECT[ soft]: FRAME:x0,y0,x1,y1 ..."'
+    ),
+    draw_boxes: bool = typer.Option(
+        False, "--draw-boxes", help="Also write OUT.boxes.mp4: the clip with the box tracks drawn on it."
+    ),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1, ..."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -120,6 +129,9 @@ def generate(
         task, video = "edit", edit
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    box_json = _read_boxes(boxes, box)
+    if draw_boxes and box_json is None:
+        raise TubeletError("--draw-boxes needs --boxes or --box")
     request = GenerationRequest(
         prompt=prompt,
         task=task,
@@ -138,6 +150,7 @@ def generate(
         backward=backward,
         context_latents=context,
         strength=strength,
+        boxes=box_json,
     )
     request.validate()  # everything that needs no model (input files included), before loading one
     path = out if out is not None else Path("outputs") / f"{slugify(prompt)}-{seed}.mp4"
@@ -148,4 +161,32 @@ def generate(
         request, progress=progress, on_note=lambda message: typer.echo(f"note: {message}", err=True)
     )
     written = result.save(path)
+    if draw_boxes:
+        from tubelet.boxes import draw_boxes as draw
+        from tubelet.boxes import parse_boxes
+        from tubelet.media import write_video
+
+        preview = Path(written).with_name(Path(written).stem + ".boxes" + Path(written).suffix)
+        drawn = draw(result.frames, parse_boxes(result.metadata.get("boxes", box_json)))
+        write_video(preview, drawn, result.fps, metadata=result.metadata)
+        typer.echo(f"boxes drawn: {preview.resolve()}", err=True)
     typer.echo(str(Path(written).resolve()))
+
+
+def _read_boxes(file: Path | None, inline: list[str]) -> dict[str, object] | None:
+    """The box tracks of --boxes FILE and/or --box values, as their JSON form (None: no boxes)."""
+    from tubelet.boxes import BoxError, parse_inline_box
+
+    tracks: list[object] = []
+    if file is not None:
+        from tubelet.core.parsing import read_json
+
+        data = read_json(file, error=BoxError, what="boxes file")
+        if isinstance(data, dict) and isinstance(data.get("tracks"), list):
+            tracks.extend(data["tracks"])
+        elif isinstance(data, list):
+            tracks.extend(data)
+        else:
+            raise BoxError(f'{file}: expected {{"tracks": [...]}} or a list of tracks')
+    tracks.extend(parse_inline_box(text, i) for i, text in enumerate(inline))
+    return {"tracks": tracks} if tracks else None

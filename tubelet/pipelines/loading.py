@@ -7,6 +7,7 @@
 A pipeline directory holds one subfolder per component plus its own `config.json`::
 
     transformer/   VideoDiT            config.json + model.safetensors
+    box_adapter/   BoxAdapter          (optional: box control, tubelet.models.box_adapter)
     text_encoder/  a text encoder (tubelet.models.text, or one a recipe registers)
     vae/           CausalVideoVAE      (absent for a pixel-space model)
     config.json    {"_class": "TextToVideoPipeline", ...}   (PipelineConfig)
@@ -18,7 +19,7 @@ float32 and the oneDNN kernels of `tubelet.kernels` are installed on the denoise
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -93,7 +94,15 @@ def load_components(
         cfg = config_from_dict(PipelineConfig, raw, where=str(d / "config.json"))
     except ConfigError as e:
         raise ModelLoadError(str(e)) from None
-    transformer = VideoDiT.from_pretrained(d / "transformer", device=device)
+    transformer: nn.Module = VideoDiT.from_pretrained(d / "transformer", device=device)
+    if (d / "box_adapter").is_dir():  # box control: the adapter rides on the base DiT
+        from tubelet.models.box_adapter import BoxAdapter, BoxedDiT
+
+        adapter = BoxAdapter.from_pretrained(d / "box_adapter", device=device)
+        try:
+            transformer = BoxedDiT(cast(VideoDiT, transformer), adapter)
+        except ConfigError as e:
+            raise ModelLoadError(f"{d / 'box_adapter'}: {e}") from None
     text = load_text_encoder(d / "text_encoder", device=device)
     vae = CausalVideoVAE.from_pretrained(d / "vae", device=device) if (d / "vae").is_dir() else None
     for module in (transformer, text, vae):

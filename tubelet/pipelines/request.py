@@ -73,6 +73,7 @@ class GenerationRequest:
     backward: bool = False
     context_latents: int | None = None
     strength: float | None = None
+    boxes: Any = None  # box tracks, the JSON form of `tubelet.boxes` ({"tracks": [...]}); t2v, i2v, extend
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +134,15 @@ class GenerationRequest:
         if not isinstance(self.backward, bool):
             raise RequestError(f"backward must be true or false, got {self.backward!r}")
         self._check_task_fields()
+        if self.boxes is not None:
+            from tubelet.boxes import parse_boxes
+
+            tracks = parse_boxes(self.boxes, "boxes")
+            if self.task not in ("t2v", "i2v", "extend"):
+                raise RequestError(f"boxes apply to tasks t2v, i2v and extend, not {self.task!r}")
+            if self.num_frames is not None:
+                for t in tracks:
+                    t.check(num_frames=self.num_frames)
         if check_files:
             for name in _INPUT_FIELDS:
                 value = getattr(self, name)

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tubelet.boxes import tracks_to_dict
 from tubelet.config import config_from_dict, config_to_dict
 from tubelet.core.files import atomic_write_json
 from tubelet.diffusion.cond import Cond
@@ -145,6 +146,7 @@ class _Job:
     on_note: Callable[[str], None] | None = None  # where input adjustments are reported
     extra_metadata: dict[str, Any] = field(default_factory=dict)  # added to every result's metadata
     text: tuple[Any, ...] | None = None  # encoded prompts, cached between passes
+    boxes: list[Any] | None = None  # BoxTrack list (tubelet.boxes), checked against the clip
     keep: tuple[int, int] | None = None  # output frames [lo, hi) kept of num_frames (a fitted length)
     fit_note: str | None = None  # the note that says so
 
@@ -199,7 +201,13 @@ class TextToVideoPipeline:
         """Write the pipeline directory (a frozen pretrained text encoder is copied from its dir)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        self.transformer.save_pretrained(d / "transformer")
+        from tubelet.models.box_adapter import BoxedDiT
+
+        if isinstance(self.transformer, BoxedDiT):  # the base and the adapter, each its own directory
+            self.transformer.dit.save_pretrained(d / "transformer")
+            self.transformer.adapter.save_pretrained(d / "box_adapter")
+        else:
+            self.transformer.save_pretrained(d / "transformer")
         if text_encoder_dir is not None:
             shutil.copytree(text_encoder_dir, d / "text_encoder", dirs_exist_ok=True)
         else:
@@ -290,6 +298,86 @@ class TextToVideoPipeline:
             lower="--frames, --height/--width (or the batch)",
         )
 
+    @property
+    def has_box_control(self) -> bool:
+        """Whether this pipeline's denoiser reads box tracks (it has a box adapter)."""
+        from tubelet.models.box_adapter import BoxedDiT
+
+        return isinstance(self.transformer, BoxedDiT)
+
+    def _resolve_boxes(self, boxes: Any, prompts: list[str]) -> list[Any] | None:
+        """Box tracks from their JSON form / a list of `BoxTrack`s, bound to the prompt's objects."""
+        from tubelet.boxes import BoxError, BoxTrack, parse_boxes
+
+        if boxes is None or (isinstance(boxes, (list, tuple)) and not boxes):
+            return None
+        if not self.has_box_control:
+            raise BoxError(
+                "this model has no box control (its pipeline directory has no box_adapter/); pass boxes to a "
+                "model trained with a box adapter (docs/box-control.md)"
+            )
+        if isinstance(boxes, (list, tuple)) and all(isinstance(t, BoxTrack) for t in boxes):
+            tracks = list(boxes)
+        else:
+            tracks = parse_boxes(boxes)
+        counter = getattr(self.text_encoder, "prompt_objects", None)  # a recipe's encoder may name them
+        resolved = []
+        for t in tracks:
+            objects = [counter(p) for p in prompts] if callable(counter) else None
+            obj = t.object
+            if isinstance(obj, str):
+                if objects is None:
+                    raise BoxError(
+                        f"{t.name}: this text encoder binds tracks by object index only, got {obj!r}"
+                    )
+                matches = {
+                    i for names in objects for i, name in enumerate(names) if obj.lower() in name.lower()
+                }
+                if len(matches) != 1:
+                    raise BoxError(
+                        f"{t.name}: {obj!r} names {'no' if not matches else 'more than one'} object of the prompt "
+                        f"(its objects: {objects[0]})"
+                    )
+                obj = matches.pop()
+            if objects is not None:
+                for names in objects:
+                    if obj >= len(names):
+                        raise BoxError(
+                            f"{t.name}: binds to object {obj}, but the prompt names {len(names)} object(s): {names}"
+                        )
+            limit = self.transformer.adapter.config.max_objects
+            if obj >= limit:
+                raise BoxError(
+                    f"{t.name}: binds to object {obj}; this box adapter knows objects 0..{limit - 1}"
+                )
+            clash = [r.name for r in resolved if r.object == obj]
+            if clash:
+                raise BoxError(f"{t.name}: object {obj} already has a track ({clash[0]})")
+            resolved.append(BoxTrack(obj, t.keyframes, t.mode, t.name))
+        return resolved
+
+    def _box_cond(self, job: _Job, latent_frames: int, batch: int) -> Any:
+        """`Boxes` for the job's tracks at the latent frames (each sampled at its frames' centre)."""
+        from tubelet.boxes import track_arrays
+        from tubelet.diffusion.cond import Boxes
+
+        assert job.boxes is not None
+        n_out = job.keep[1] if job.keep is not None else job.num_frames
+        for t in job.boxes:
+            t.check(num_frames=n_out)
+        tf = self._tf
+        times = [0.0] + [1 + tf * (j - 1) + (tf - 1) / 2 for j in range(1, latent_frames)]
+        boxes, present, hard = track_arrays(job.boxes, times)
+        objects = [t.object for t in job.boxes]
+        dev = self.device
+        out = Boxes(
+            torch.from_numpy(boxes)[None].to(dev),
+            torch.from_numpy(present)[None].to(dev),
+            torch.from_numpy(hard)[None].to(dev),
+            torch.tensor(objects, dtype=torch.long)[None].to(dev),
+        )
+        return out.expand(batch)
+
     def _frames_rule(self) -> str:
         p0, tf = self.transformer.config.patch_size[0], self._tf
         if self.vae is None or tf == 1:
@@ -363,6 +451,7 @@ class TextToVideoPipeline:
         start_latents: torch.Tensor | None = None,
         strength: float | None = None,
         extra_metadata: dict[str, Any] | None = None,
+        boxes: Any = None,
     ) -> VideoResult | list[VideoResult]:
         """Generate one clip per prompt (a list of prompts makes a batch, returned as a list).
 
@@ -374,7 +463,7 @@ class TextToVideoPipeline:
         """
         job = self._job(
             prompt, negative_prompt, num_frames, height, width, num_inference_steps, guidance_scale,
-            seed, generator, sampler, on_note, extra_metadata,
+            seed, generator, sampler, on_note, extra_metadata, boxes,
         )  # fmt: skip
         if known_latents is None and start_latents is None:  # latents given: their length is the length
             self._fit_frames(job, "text-to-video")
@@ -431,6 +520,7 @@ class TextToVideoPipeline:
             "callback": callback,
             "progress": progress,
             "on_note": on_note,
+            "boxes": r.boxes,
         }
         meta = {"request": r.to_dict()}
         if r.task == "i2v":
@@ -774,6 +864,7 @@ class TextToVideoPipeline:
         sampler: str | None = None,
         on_note: Callable[[str], None] | None = None,
         extra_metadata: dict[str, Any] | None = None,
+        boxes: Any = None,
     ) -> _Job:
         """Resolve a call's settings against the model's defaults, with clear errors."""
         from tubelet.diffusion.sampling import SAMPLERS
@@ -817,6 +908,7 @@ class TextToVideoPipeline:
             generators=gens,
             on_note=on_note,
             extra_metadata=dict(extra_metadata or {}),
+            boxes=self._resolve_boxes(boxes, prompts),
         )
 
     def _noise(self, job: _Job, shape: tuple[int, int, int, int]) -> torch.Tensor:
@@ -863,7 +955,10 @@ class TextToVideoPipeline:
                 uncond = Cond(context=u_ctx.to(ctx.dtype), context_mask=u_mask)
             job.text = (ctx, cmask, uncond)
         ctx, cmask, uncond = job.text
-        cond = Cond(context=ctx, context_mask=cmask, known=known, known_mask=mask)
+        box_cond = self._box_cond(job, noise.shape[2], noise.shape[0]) if job.boxes else None
+        cond = Cond(context=ctx, context_mask=cmask, known=known, known_mask=mask, boxes=box_cond)
+        if uncond is not None and box_cond is not None:  # guidance is over the text; both follow the boxes
+            uncond = uncond.replace(boxes=box_cond)
         _, _, f, h, w = noise.shape
         p = self.transformer.config.patch_size
         shift = self.shift_for((f // p[0]) * (h // p[1]) * (w // p[2]))
@@ -964,6 +1059,7 @@ class TextToVideoPipeline:
                 "sampler": job.sampler,
                 "shift": shift,
                 "fps": cfg.fps,
+                **({"boxes": tracks_to_dict(job.boxes)} if job.boxes else {}),
                 **extra,
                 **job.extra_metadata,
             }

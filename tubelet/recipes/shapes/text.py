@@ -136,6 +136,17 @@ class ShapesTextEncoder(nn.Module, PretrainedMixin):
             slots.append([self.index[w] for w in fields])
         return slots
 
+    def prompt_objects(self, text: str) -> list[str]:
+        """The objects a prompt names, in order, as English phrases (e.g. ["big red circle", ...]):
+        what a box track's `object` (index, or a phrase) binds to."""
+        from tubelet.recipes.shapes.grammar import parse_caption
+
+        names = []
+        for o in parse_caption(text).objects:
+            size = "" if o.size == "medium" else o.size + " "
+            names.append(f"{size}{o.color} {o.shape}")
+        return names
+
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Prompts -> ids (B, S, 4) long and mask (B, S) bool, on the CPU (see the module docstring)."""
         check_texts(texts)
