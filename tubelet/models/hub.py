@@ -53,7 +53,13 @@ def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> di
         out = {}
         with safe_open(str(p), framework="pt", device=str(device)) as f:
             for k in f.keys():
-                out[k] = f.get_tensor(k)
+                t = f.get_tensor(k)
+                # Tensors read from the file may start at any byte offset; CPU kernels pick different
+                # (vectorised) paths for unaligned data and round differently, so the same weights
+                # loaded from float32 and float16 files would give different clips. Copy to aligned memory.
+                if t.device.type == "cpu" and t.data_ptr() % 64:
+                    t = t.clone()
+                out[k] = t
         return out
     except Exception as e:
         raise ModelLoadError(f"{p}: cannot read safetensors file ({e})") from None

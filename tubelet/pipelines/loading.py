@@ -117,7 +117,11 @@ def load_components(
         # no speed to gain there, and the embedded model's published outputs were made that way.
         from tubelet.kernels import apply_cpu_kernels
 
-        apply_cpu_kernels(transformer, skip=("time_mod",))
+        # a box adapter's base keeps the same layers on PyTorch's kernels as a plain DiT
+        base = getattr(transformer, "dit", transformer)
+        apply_cpu_kernels(base, skip=("time_mod",))
+        if base is not transformer:
+            apply_cpu_kernels(getattr(transformer, "adapter"))  # noqa: B009 - typed loosely (Module)
         if vae is not None:
             apply_cpu_kernels(vae)
     return transformer, text, vae, cfg

@@ -321,7 +321,7 @@ class TextToVideoPipeline:
         else:
             tracks = parse_boxes(boxes)
         counter = getattr(self.text_encoder, "prompt_objects", None)  # a recipe's encoder may name them
-        resolved = []
+        resolved: list[BoxTrack] = []
         for t in tracks:
             objects = [counter(p) for p in prompts] if callable(counter) else None
             obj = t.object

@@ -1,0 +1,255 @@
+"""Box control: the track format (parse, validate, interpolate, errors), the zero-gate equivalence of
+the box adapter, its save/load, and boxes through the pipeline and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tubelet.boxes import BoxError, draw_boxes, parse_boxes, parse_inline_box, track_arrays, tracks_to_dict
+from tubelet.diffusion.cond import Boxes, Cond
+from tubelet.models.box_adapter import BoxAdapter, BoxAdapterConfig, BoxedDiT
+from tubelet.models.dit import DIT_PRESETS, VideoDiT
+
+TRACK = {
+    "object": 0,
+    "keyframes": [
+        {"frame": 0, "x0": 0.1, "y0": 0.4, "x1": 0.3, "y1": 0.6},
+        {"frame": 10, "x0": 0.6, "y0": 0.4, "x1": 0.8, "y1": 0.6},
+    ],
+}
+
+
+# ------------------------------------------------------------------------------------------- format
+
+
+def test_tracks_parse_interpolate_and_round_trip() -> None:
+    (t,) = parse_boxes({"tracks": [TRACK]})
+    assert t.hard and t.first_frame == 0 and t.last_frame == 10
+    assert t.box_at(5) == pytest.approx((0.35, 0.4, 0.55, 0.6))
+    assert t.box_at(11) is None  # the track ends: the object is free afterwards
+    assert parse_boxes(tracks_to_dict([t])) == [t]
+    inline = parse_inline_box("0: 0:0.1,0.4,0.3,0.6 10:0.6,0.4,0.8,0.6")
+    assert parse_boxes([inline]) == [t]
+    soft = parse_boxes([parse_inline_box("red circle soft: 3:0,0,0.5,1")])[0]
+    assert soft.object == "red circle" and soft.mode == "soft" and soft.box_at(2) is None
+    boxes, present, hard = track_arrays([t, soft], [0, 3, 5, 10, 12])
+    assert present.tolist() == [[True, True, True, True, False], [False, True, False, False, False]]
+    assert hard.tolist() == [True, False] and boxes.shape == (2, 5, 4)
+    assert boxes[0, 2].tolist() == pytest.approx([0.35, 0.4, 0.55, 0.6])
+
+
+@pytest.mark.parametrize(
+    "tracks,message",
+    [
+        ([{**TRACK, "keyframes": [{"frame": 0, "x0": -0.1, "y0": 0, "x1": 0.5, "y1": 1}]}], r"track 0 keyframe 0\.x0: -0\.1 is outside \[0, 1\]"),
+        ([{**TRACK, "keyframes": [{"frame": 0, "x0": 0.5, "y0": 0, "x1": 0.5, "y1": 1}]}], r"x1=0\.5 must be greater than x0=0\.5"),
+        ([{**TRACK, "keyframes": [[4, 0, 0, 1, 1], [2, 0, 0, 1, 1]]}], r"keyframe 1: frame 2 is not after frame 4"),
+        ([{**TRACK, "keyframes": [{"frame": 0, "x0": float("nan"), "y0": 0, "x1": 1, "y1": 1}]}], r"x0: expected a number"),
+        ([{**TRACK, "keyframes": []}], r"'keyframes' must be a non-empty list"),
+        ([{**TRACK, "mode": "firm"}], r"mode must be 'hard' or 'soft', got 'firm'"),
+        ([{**TRACK, "object": -1}], r"'object' must be an object index >= 0 or a phrase"),
+        ([{**TRACK, "speed": 2}], r"unknown key\(s\) \['speed'\]"),
+        ([TRACK, TRACK], r"track 1: object 0 already has a track \(boxes: track 0\)"),
+        ({"tracks": [TRACK], "extra": 1}, r"unknown key\(s\) \['extra'\]"),
+        ("boxes", r"expected a list of tracks"),
+    ],
+)  # fmt: skip
+def test_bad_tracks_name_the_track_and_the_value(tracks: object, message: str) -> None:
+    with pytest.raises(BoxError, match=message):
+        parse_boxes(tracks)
+
+
+def test_inline_errors_and_clip_checks() -> None:
+    with pytest.raises(BoxError, match=r"--box 2: keyframe '0:0\.1,0\.4' is not FRAME:x0,y0,x1,y1"):
+        parse_inline_box("0: 0:0.1,0.4", 2)
+    with pytest.raises(BoxError, match="expected 'OBJECT: FRAME"):
+        parse_inline_box("no colon here")
+    (t,) = parse_boxes([TRACK])
+    with pytest.raises(BoxError, match=r"keyframe at frame 10 is beyond the clip \(frames 0\.\.7\)"):
+        t.check(num_frames=8)
+    with pytest.raises(BoxError, match=r"binds to object 0, but the prompt names 0 object"):
+        t.check(num_objects=0)
+
+
+def test_draw_boxes_outlines_hard_solid_and_soft_dashed() -> None:
+    frames = np.zeros((11, 20, 20, 3), np.uint8)
+    hard, soft = parse_boxes([TRACK, {**TRACK, "object": 1, "mode": "soft"}])
+    drawn = draw_boxes(frames, [hard])
+    assert drawn[0].any() and drawn[10].any() and not frames.any()  # a copy
+    lit = drawn[0].any(-1)
+    ys, xs = np.nonzero(lit)
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (2, 6, 8, 12)  # the box of frame 0 on 20 x 20
+    assert not lit[9:12, 3:6].any()  # an outline, not a filled box
+    dashed = draw_boxes(frames, [soft])[0].any(-1)
+    assert 0 < dashed.sum() < lit.sum()
+
+
+# ------------------------------------------------------------------------------------------- model
+
+
+def _tiny(patch: tuple[int, int, int] = (1, 2, 2)) -> VideoDiT:
+    torch.manual_seed(0)
+    dit = VideoDiT(dataclasses.replace(DIT_PRESETS["tiny"], patch_size=patch)).eval()
+    with torch.no_grad():  # a trained-looking base (the init zeroes the output projection)
+        for p in dit.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return dit
+
+
+def _boxes(batch: int, frames: int) -> Boxes:
+    g = torch.Generator().manual_seed(1)
+    xy = torch.rand(batch, 2, frames, 4, generator=g).sort(-1).values
+    return Boxes(
+        xy, torch.ones(batch, 2, frames, dtype=torch.bool), torch.tensor([[True, False]] * batch),
+        torch.tensor([[0, 1]] * batch),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("patch", [(1, 2, 2), (4, 2, 2)], ids=["wan-layout", "tubelets-of-4"])
+def test_zero_gate_adapter_leaves_the_base_model_unchanged(patch: tuple[int, int, int]) -> None:
+    dit = _tiny(patch)
+    model = BoxedDiT(dit, BoxAdapter(BoxAdapterConfig.for_dit(dit.config))).eval()
+    x = torch.randn(2, dit.config.in_channels, 8, 8, 8)
+    t, ctx = torch.tensor([700.0, 200.0]), torch.randn(2, 5, dit.config.text_dim)
+    with torch.no_grad():
+        base = dit(x, t, Cond(context=ctx))
+        assert torch.equal(model(x, t, Cond(context=ctx)), base)  # no boxes: the DiT itself
+        assert torch.equal(model(x, t, Cond(context=ctx, boxes=_boxes(2, 8))), base)  # gate 0: unchanged
+        for layer in model.adapter.layers:
+            layer.gate.fill_(0.3)
+        moved = model(x, t, Cond(context=ctx, boxes=_boxes(2, 8)))
+    assert (moved - base).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="has no box or image-embedding conditioning"):
+        dit(x, t, Cond(context=ctx, boxes=_boxes(2, 8)))
+
+
+def test_adapter_trains_with_the_base_frozen() -> None:
+    dit = _tiny()
+    model = BoxedDiT(dit, BoxAdapter(BoxAdapterConfig.for_dit(dit.config)))
+    dit.requires_grad_(False)
+    x = torch.randn(2, dit.config.in_channels, 4, 8, 8)
+    cond = Cond(context=torch.randn(2, 5, dit.config.text_dim), boxes=_boxes(2, 4))
+    model(x, torch.tensor([500.0, 500.0]), cond).square().mean().backward()
+    grads = {n: p.grad for n, p in model.adapter.named_parameters()}
+    assert all(g is not None for g in grads.values())
+    assert grads["layers.0.gate"].abs().sum() > 0  # the gate opens from 0
+    assert all(p.grad is None for p in dit.parameters())
+
+
+def test_boxes_batch_with_guidance_and_pad_tracks() -> None:
+    a, b = _boxes(1, 4), Boxes(torch.rand(1, 1, 4, 4), torch.ones(1, 1, 4, dtype=torch.bool),
+                               torch.ones(1, 1, dtype=torch.bool), torch.zeros(1, 1, dtype=torch.long))  # fmt: skip
+    cat = Cond.cat([Cond(context=torch.randn(1, 3, 8), boxes=a), Cond(context=torch.randn(1, 5, 8), boxes=b)])
+    assert cat.boxes is not None and cat.boxes.boxes.shape == (2, 2, 4, 4)
+    assert not cat.boxes.present[1, 1].any()  # the padded track is absent
+    with pytest.raises(ValueError, match="boxes are set on some"):
+        Cond.cat([Cond(context=torch.randn(1, 3, 8), boxes=a), Cond(context=torch.randn(1, 3, 8))])
+
+
+def test_adapter_must_fit_its_dit() -> None:
+    from tubelet.errors import ConfigError
+
+    dit = _tiny()
+    other = BoxAdapterConfig.for_dit(dataclasses.replace(dit.config, num_layers=3))
+    with pytest.raises(ConfigError, match="does not fit the DiT"):
+        BoxedDiT(dit, BoxAdapter(other))
+
+
+# ------------------------------------------------------------------------------------------- pipeline
+
+
+@pytest.fixture(scope="module")
+def box_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded model with an (untrained, zero-gate) box adapter, saved as a pipeline directory."""
+    from tubelet.pipelines import load_pipeline
+
+    pipe = load_pipeline()
+    pipe.transformer = BoxedDiT(
+        pipe.transformer, BoxAdapter(BoxAdapterConfig.for_dit(pipe.transformer.config))
+    )
+    return pipe.save_pretrained(tmp_path_factory.mktemp("box") / "model")
+
+
+def test_pipeline_with_an_adapter_saves_loads_and_follows_the_request(box_model: Path) -> None:
+    from tubelet.pipelines import GenerationRequest, load_pipeline
+
+    assert (box_model / "box_adapter" / "config.json").is_file()
+    assert (box_model / "box_adapter" / "model.safetensors").is_file()
+    pipe = load_pipeline(box_model)
+    assert pipe.has_box_control and not load_pipeline().has_box_control
+    prompt = "a red circle moving right"
+    boxes = {"tracks": [{**TRACK, "object": "red circle"}]}
+    plain = load_pipeline()(prompt, seed=2, num_inference_steps=4, progress=False)
+    r = pipe.generate(GenerationRequest(prompt, seed=2, num_inference_steps=4, boxes=boxes), progress=False)
+    assert np.array_equal(r.frames, plain.frames)  # an untrained adapter changes nothing
+    assert r.metadata["boxes"]["tracks"][0]["object"] == 0  # bound to the prompt's object 0
+    assert r.metadata["request"]["boxes"] == boxes
+    # loading the saved adapter gives the same weights
+    sd = pipe.transformer.adapter.state_dict()
+    again = BoxAdapter.from_pretrained(box_model / "box_adapter").state_dict()
+    assert sd.keys() == again.keys() and all(torch.equal(sd[k], again[k]) for k in sd)
+
+
+@pytest.mark.parametrize(
+    "tracks,message",
+    [
+        ([{**TRACK, "object": 1}], r"binds to object 1, but the prompt names 1 object\(s\): \['red circle'\]"),
+        ([{**TRACK, "object": "blue square"}], r"'blue square' names no object of the prompt"),
+        ([{**TRACK, "keyframes": [[20, 0, 0, 1, 1]]}], r"keyframe at frame 20 is beyond the clip \(frames 0\.\.15\)"),
+        ([TRACK, {**TRACK, "object": "red circle"}], r"object 0 already has a track"),
+    ],
+)  # fmt: skip
+def test_pipeline_box_errors(box_model: Path, tracks: list[dict[str, object]], message: str) -> None:
+    from tubelet.pipelines import load_pipeline
+
+    pipe = load_pipeline(box_model)
+    with pytest.raises(BoxError, match=message):
+        pipe("a red circle moving right", boxes=tracks, num_inference_steps=2, progress=False)
+
+
+def test_cli_boxes(box_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from tubelet.cli import main
+
+    out = tmp_path / "clip.mp4"
+    args = ["generate", "a red circle moving right", "--steps", "2", "--no-progress", "--out", str(out)]
+    with pytest.raises(SystemExit) as e:  # the embedded model has no box control
+        main([*args, "--box", "0: 0:0.1,0.4,0.3,0.6"])
+    assert e.value.code == 1 and "this model has no box control" in capsys.readouterr().err
+    assert not out.exists()
+    file = tmp_path / "boxes.json"
+    file.write_text(json.dumps({"tracks": [TRACK]}))
+    with pytest.raises(SystemExit) as e:  # the prompt names one object: track 1 binds to nothing
+        main([*args, "--model", str(box_model), "--boxes", str(file), "--box", "1 soft: 0:0,0,0.5,1"])
+    assert e.value.code == 1 and "binds to object 1" in capsys.readouterr().err and not out.exists()
+    file.write_text("{broken")
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--model", str(box_model), "--boxes", str(file)])
+    assert e.value.code == 1 and "boxes.json: not valid JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--draw-boxes"])
+    assert e.value.code == 1 and "--draw-boxes needs --boxes or --box" in capsys.readouterr().err
+
+
+def test_cli_draw_boxes_writes_a_preview(
+    box_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tubelet.cli import main
+    from tubelet.media import read_metadata, read_video
+
+    out = tmp_path / "clip.mp4"
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "a red circle moving right", "--model", str(box_model), "--steps", "2", "--no-progress",
+              "--box", "red circle: 0:0.1,0.4,0.3,0.6 15:0.6,0.4,0.8,0.6", "--draw-boxes", "--out", str(out)])  # fmt: skip
+    assert e.value.code == 0
+    preview = tmp_path / "clip.boxes.mp4"
+    assert out.is_file() and preview.is_file()
+    clip, drawn = read_video(out).frames, read_video(preview).frames
+    assert clip.shape == drawn.shape and np.abs(clip.astype(int) - drawn.astype(int)).max() > 100
+    assert read_metadata(out)["boxes"]["tracks"][0]["object"] == 0
