@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,3 +121,27 @@ def frames_to_tensor(frames: np.ndarray, out_h: int, out_w: int) -> torch.Tensor
         )  # (T, 3, out_h, out_w)
     x = frames_to_unit(x).clamp_(-1.0, 1.0)
     return x.permute(1, 0, 2, 3).contiguous()  # (3, T, out_h, out_w)
+
+
+def clip_boxes(
+    tracks: list[Any], times: list[float], src_hw: tuple[int, int], out_hw: tuple[int, int]
+) -> dict[str, torch.Tensor]:
+    """Box tracks of a source clip at the sampled source frames `times`, in the coordinates of the
+    centre-cropped output (`frames_to_tensor`): boxes (N, T, 4) float32, present (N, T) bool, hard
+    (N,) bool, objects (N,) int64. A box cut off by the crop is clipped; one outside it is absent."""
+    from tubelet.boxes import track_arrays
+
+    boxes, present, hard = track_arrays(tracks, times)
+    (h, w), (oh, ow) = src_hw, out_hw
+    top, left, ch, cw = center_crop_box(h, w, oh, ow)
+    scale = np.array([w / cw, h / ch, w / cw, h / ch], np.float32)
+    shift = np.array([left / cw, top / ch, left / cw, top / ch], np.float32)
+    boxes = np.clip(boxes * scale - shift, 0.0, 1.0)
+    present &= (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    objects = np.array([int(t.object) if isinstance(t.object, int) else i for i, t in enumerate(tracks)])
+    return {
+        "boxes": torch.from_numpy(boxes.astype(np.float32)),
+        "present": torch.from_numpy(present),
+        "hard": torch.from_numpy(hard),
+        "objects": torch.from_numpy(objects.astype(np.int64)),
+    }

@@ -26,6 +26,7 @@ class CaptionEntry:
     path: Path
     caption: str
     line: int
+    boxes: list[Any] | None = None  # the line's optional box tracks (`tubelet.boxes.BoxTrack`s)
 
 
 @dataclass
@@ -75,7 +76,7 @@ def read_captions(root: str | Path, *, video_key: str = "video", caption_key: st
     file = find_captions_file(root)
     entries: list[CaptionEntry] = []
 
-    def add(line: int, video: Any, caption: Any) -> None:
+    def add(line: int, video: Any, caption: Any, boxes: Any = None) -> None:
         where = f"{file}:{line}"
         if not isinstance(video, str) or not video.strip():
             raise DataError(
@@ -89,7 +90,12 @@ def read_captions(root: str | Path, *, video_key: str = "video", caption_key: st
             raise DataError(f"{where}: the media path {video!r} holds a NUL character")
         if any(len(os.fsencode(part)) > 255 for part in Path(video.strip()).parts):
             raise DataError(f"{where}: the media path has a name longer than file systems allow (255 bytes)")
-        entries.append(CaptionEntry(video, _resolve(root, video.strip()), caption, line))
+        tracks = None
+        if boxes is not None:  # optional box tracks (tubelet.boxes), e.g. written by the shapes recipe
+            from tubelet.boxes import parse_boxes
+
+            tracks = parse_boxes(boxes, f"{where}: boxes") or None
+        entries.append(CaptionEntry(video, _resolve(root, video.strip()), caption, line, tracks))
 
     if file.suffix == ".jsonl":
         for lineno, obj in read_jsonl(file, error=DataError, what="captions file"):
@@ -100,7 +106,7 @@ def read_captions(root: str | Path, *, video_key: str = "video", caption_key: st
             missing = [k for k in (video_key, caption_key) if k not in obj]
             if missing:
                 raise DataError(f"{file}:{lineno}: missing key(s) {missing}; the line has {sorted(obj)[:8]}")
-            add(lineno, obj[video_key], obj[caption_key])
+            add(lineno, obj[video_key], obj[caption_key], obj.get("boxes"))
     else:
         text = read_text(file, error=DataError, what="captions file")
         reader = csv.reader(text.splitlines())

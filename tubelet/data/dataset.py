@@ -52,6 +52,7 @@ from tubelet.data.buckets import (
     Bucket,
     center_crop_box,
     choose_bucket,
+    clip_boxes,
     frames_available,
     frames_to_tensor,
     source_indices,
@@ -180,6 +181,7 @@ class Sample:
     fps: float
     num_frames: int
     bucket: int
+    boxes: list[Any] | None = None  # per caption: its box tracks or None (parallel to `captions`)
 
 
 class VideoDataset(torch.utils.data.Dataset):
@@ -250,6 +252,7 @@ class VideoDataset(torch.utils.data.Dataset):
                     info.fps,
                     info.num_frames,
                     b,
+                    [e.boxes for e in entries] if any(e.boxes for e in entries) else None,
                 )
             )
         self.bucket_members: list[list[int]] = [[] for _ in buckets]
@@ -370,7 +373,17 @@ class VideoDataset(torch.utils.data.Dataset):
         ):
             raise DataError(f"{s.path}: decoded frames have shape {tuple(frames.shape)} {frames.dtype}")
         video = frames_to_tensor(frames, b.height, b.width)  # (3, F, H, W)
-        return {"video": video, "caption": s.captions[caption_index], "path": s.path, "bucket": s.bucket}
+        item = {"video": video, "caption": s.captions[caption_index], "path": s.path, "bucket": s.bucket}
+        tracks = s.boxes[caption_index] if s.boxes is not None else None
+        if tracks:
+            if s.kind == "image":
+                times = [0.0]
+            else:
+                span = source_indices(0, b.frames, s.fps, self.cfg.fps)[-1] + 1
+                first = min(max(0, start), max(0, s.num_frames - span))
+                times = [float(first + k) for k in source_indices(0, b.frames, s.fps, self.cfg.fps)]
+            item["boxes"] = clip_boxes(tracks, times, (s.height, s.width), (b.height, b.width))
+        return item
 
     def _read_clip(self, s: Sample, frames: int, start: int, out_h: int, out_w: int) -> np.ndarray:
         """`frames` frames at the target fps from source frame `start` on (uint8 (F, h, w, 3)).

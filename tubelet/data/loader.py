@@ -168,13 +168,38 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     buckets = {it["bucket"] for it in items}
     if len(buckets) != 1:
         raise ValueError(f"a batch mixes buckets {sorted(buckets)}; use BucketBatchSampler")
-    return {
+    batch = {
         "video": torch.stack([it["video"] for it in items]),  # (B, 3, F, H, W)
         "caption": [it["caption"] for it in items],
         "path": [it["path"] for it in items],
         "bucket": items[0]["bucket"],
         "skipped": [s for it in items for s in it.get("skipped", ())],
     }
+    if any("boxes" in it for it in items):
+        batch["boxes"] = collate_boxes([it.get("boxes") for it in items], items[0]["video"].shape[1])
+    return batch
+
+
+def collate_boxes(per_item: Sequence[dict[str, torch.Tensor] | None], frames: int) -> dict[str, torch.Tensor]:
+    """Box arrays of a batch, tracks padded (absent) to the most: boxes (B, N, T, 4), present (B, N, T),
+    hard (B, N), objects (B, N). An item without boxes has only absent tracks."""
+    n = max((len(b["hard"]) for b in per_item if b is not None), default=0)
+    size = len(per_item)
+    out = {
+        "boxes": torch.zeros(size, n, frames, 4),
+        "present": torch.zeros(size, n, frames, dtype=torch.bool),
+        "hard": torch.zeros(size, n, dtype=torch.bool),
+        "objects": torch.zeros(size, n, dtype=torch.long),
+    }
+    for i, b in enumerate(per_item):
+        if b is None:
+            continue
+        k = len(b["hard"])
+        out["boxes"][i, :k] = b["boxes"]
+        out["present"][i, :k] = b["present"]
+        out["hard"][i, :k] = b["hard"]
+        out["objects"][i, :k] = b["objects"]
+    return out
 
 
 class _KeyedBatchSampler:

@@ -119,6 +119,31 @@ def render(
     return np.clip(np.rint(video), 0, 255).astype(np.uint8)
 
 
+def scene_boxes(scene: Scene, *, frames: int = 17, size: int | tuple[int, int] = 64) -> dict[str, Any]:
+    """Every object's exact bounding box in every frame, as box tracks (`tubelet.boxes` JSON form).
+
+    The box is the object's geometric extent (centre +- half its side / radius) clipped to the frame,
+    in [0, 1] image coordinates; track i binds to the prompt's object i; all boxes are hard.
+    """
+    h, w = _frame_size(size)
+    _check_scene_size(scene, h, w)
+    short = min(h, w)
+    tracks = []
+    for i, o in enumerate(scene.objects):
+        r = SIZES[o.spec.size] * short / 2
+        keyframes = []
+        for t, u in enumerate(_times(frames)):
+            fx, fy = o.position(u)
+            x0, x1 = max(0.0, fx - r / w), min(1.0, fx + r / w)
+            y0, y1 = max(0.0, fy - r / h), min(1.0, fy + r / h)
+            if x1 > x0 and y1 > y0:
+                box = [round(v, 5) for v in (x0, y0, x1, y1)]
+                keyframes.append({"frame": t, "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]})
+        if keyframes:
+            tracks.append({"object": i, "mode": "hard", "keyframes": keyframes})
+    return {"tracks": tracks}
+
+
 @dataclass
 class ShapesClip:
     """A rendered clip with its scene and canonical captions ({"en": ..., "zh": ...})."""

@@ -14,7 +14,7 @@ from typing import Any
 from tubelet.core.files import atomic_write_json
 from tubelet.errors import DataError
 from tubelet.recipes.shapes.grammar import COLORS, MOTIONS, SHAPES
-from tubelet.recipes.shapes.render import _frame_size, make_clip
+from tubelet.recipes.shapes.render import _frame_size, make_clip, scene_boxes
 
 __all__ = ["MARKER", "write_dataset"]
 
@@ -68,7 +68,9 @@ def _write_one(
         return None
     rel = f"videos/{i:06d}.mp4"
     write_video(out / rel, clip.frames, fps, sidecar=False)
-    return rel, dict(clip.captions), clip.scene.to_dict()
+    scene = clip.scene.to_dict()
+    scene["boxes"] = scene_boxes(clip.scene, frames=frames, size=size)
+    return rel, dict(clip.captions), scene
 
 
 def write_dataset(
@@ -148,8 +150,9 @@ def write_dataset(
                     skipped += 1
                     continue
                 rel, captions, scene = res
+                boxes = scene.pop("boxes")  # every object's exact box per frame (tubelet.boxes format)
                 for lang in ("en", "zh"):
-                    line = {"video": rel, "caption": captions[lang], "lang": lang}
+                    line = {"video": rel, "caption": captions[lang], "lang": lang, "boxes": boxes}
                     fc.write(json.dumps(line, ensure_ascii=False) + "\n")
                 fs.write(json.dumps({"video": rel, "seed": [seed, i], "scene": scene}) + "\n")
     finally:
