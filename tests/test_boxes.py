@@ -253,3 +253,106 @@ def test_cli_draw_boxes_writes_a_preview(
     clip, drawn = read_video(out).frames, read_video(preview).frames
     assert clip.shape == drawn.shape and np.abs(clip.astype(int) - drawn.astype(int)).max() > 100
     assert read_metadata(out)["boxes"]["tracks"][0]["object"] == 0
+
+
+# ------------------------------------------------------------------------------------------- data + training
+
+
+@pytest.fixture(scope="module")
+def box_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tubelet.recipes.shapes import write_dataset
+
+    return write_dataset(
+        tmp_path_factory.mktemp("boxdata") / "data", 8, seed=0, frames=5, size=16, progress=False
+    )
+
+
+def test_shapes_boxes_are_the_objects_exact_extent(box_data: Path) -> None:
+    import json
+
+    from tubelet.recipes.shapes.render import make_clip, object_coverage, scene_boxes
+
+    line = json.loads((box_data / "captions.jsonl").read_text().splitlines()[0])
+    tracks = parse_boxes(line["boxes"])
+    assert len(tracks) >= 1 and all(t.hard for t in tracks)
+    clip = make_clip((3, 5), frames=9, size=64)
+    cover = object_coverage(clip.scene, frames=9, size=64)  # (N, T, H, W)
+    for i, track in enumerate(parse_boxes(scene_boxes(clip.scene, frames=9, size=64))):
+        for t in (0, 4, 8):
+            ys, xs = np.nonzero(cover[i, t] > 0.5)
+            x0, y0, x1, y1 = (v * 64 for v in track.box_at(t))
+            assert abs(xs.min() - x0) <= 1 and abs(xs.max() + 1 - x1) <= 1
+            assert abs(ys.min() - y0) <= 1 and abs(ys.max() + 1 - y1) <= 1
+
+
+def test_dataset_items_carry_boxes_in_the_cropped_frame(box_data: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from tubelet.data.dataset import VideoDataset
+    from tubelet.data.loader import collate
+    from tubelet.train.config import resolve_train_config
+
+    cfg = resolve_train_config("tiny").data
+    ds = VideoDataset(box_data, cfg, progress=False)
+    item = ds[0]
+    assert item["boxes"]["boxes"].shape[1:] == (5, 4) and item["boxes"]["present"].all()
+    batch = collate([item, {**ds[1], "boxes": None}])
+    assert batch["boxes"]["boxes"].shape[0] == 2 and not batch["boxes"]["present"][1].any()
+    # a wide source cropped to a square bucket: x coordinates are re-expressed in the crop
+    from tubelet.data.buckets import clip_boxes
+
+    (t,) = parse_boxes([{"object": 0, "keyframes": [[0, 0.25, 0.2, 0.5, 0.6]]}])
+    arr = clip_boxes([t], [0.0], (100, 200), (16, 16))  # crop: columns 50..150 of 200
+    assert arr["boxes"][0, 0].tolist() == pytest.approx([0.0, 0.2, 0.5, 0.6])
+    # a malformed boxes field is an error naming the line
+    bad = tmp_path / "bad"
+    shutil.copytree(box_data, bad)
+    line = json.loads((bad / "captions.jsonl").read_text().splitlines()[0])
+    line["boxes"] = {"tracks": [{"object": 0, "keyframes": [[0, 0.5, 0.5, 0.2, 0.9]]}]}
+    (bad / "captions.jsonl").write_text(json.dumps(line) + "\n")
+    with pytest.raises(
+        BoxError, match=r"captions\.jsonl:1: boxes: track 0 keyframe 0: x1=0\.2 must be greater"
+    ):
+        VideoDataset(bad, cfg, progress=False)
+
+
+def test_box_adapter_trains_on_a_frozen_base_and_generates_with_boxes(box_data: Path, tmp_path: Path) -> None:
+    from tubelet.errors import ConfigError
+    from tubelet.models.hub import load_safetensors
+    from tubelet.pipelines import load_pipeline
+    from tubelet.train.config import resolve_train_config
+    from tubelet.train.trainer import train
+
+    base = tmp_path / "base"
+    train(
+        resolve_train_config("tiny", overrides={"max_steps": 2, "save_every": 0}),
+        box_data,
+        base,
+        progress=False,
+    )
+    with pytest.raises(ConfigError, match=r"boxes\.freeze_base trains the box adapter only"):
+        train(resolve_train_config("tiny", overrides={"boxes": {}}), box_data, tmp_path / "x", progress=False)
+    overrides = {
+        "max_steps": 3,
+        "save_every": 0,
+        "init_from": str(base / "model"),
+        "boxes": {"p_drop_all": 0.0},
+    }
+    run = tmp_path / "boxes"
+    train(resolve_train_config("tiny", overrides=overrides), box_data, run, progress=False)
+    for sub in ("transformer", "text_encoder"):  # the base is untouched
+        a = load_safetensors(base / "model" / sub / "model.safetensors")
+        b = load_safetensors(run / "model" / sub / "model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), sub
+    adapter = load_safetensors(run / "model" / "box_adapter" / "model.safetensors")
+    assert adapter["layers.0.gate"].abs().max() > 0  # the gates opened
+    pipe = load_pipeline(run / "model")
+    assert pipe.has_box_control
+    track = {"object": 0, "keyframes": [[0, 0.1, 0.3, 0.4, 0.7], [4, 0.6, 0.3, 0.9, 0.7]]}
+    with_boxes = pipe(
+        "a red circle moving right", boxes=[track], seed=0, num_inference_steps=2, progress=False
+    )
+    without = pipe("a red circle moving right", seed=0, num_inference_steps=2, progress=False)
+    assert with_boxes.frames.shape == without.frames.shape == (5, 16, 16, 3)
+    assert not np.array_equal(with_boxes.frames, without.frames)

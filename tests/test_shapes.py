@@ -336,8 +336,16 @@ def test_write_dataset_layout_and_rewrite(tmp_path: Path):
     for i, s in enumerate(scenes):
         clip = make_clip((3, i))
         assert s["scene"] == json.loads(json.dumps(clip.scene.to_dict()))
-        assert caps[2 * i] == {"video": s["video"], "caption": clip.captions["en"], "lang": "en"}
-        assert caps[2 * i + 1]["caption"] == clip.captions["zh"]
+        from tubelet.recipes.shapes.render import scene_boxes
+
+        boxes = json.loads(json.dumps(scene_boxes(clip.scene)))  # every object's box in every frame
+        assert caps[2 * i] == {
+            "video": s["video"],
+            "caption": clip.captions["en"],
+            "lang": "en",
+            "boxes": boxes,
+        }
+        assert caps[2 * i + 1]["caption"] == clip.captions["zh"] and caps[2 * i + 1]["boxes"] == boxes
         assert parse_caption(caps[2 * i + 1]["caption"]) == Scene.from_dict(s["scene"]).spec
     video = read_video(out / "videos" / "000001.mp4")
     assert video.frames.shape == (17, 64, 64, 3) and video.fps == pytest.approx(8.0)

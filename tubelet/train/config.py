@@ -72,6 +72,27 @@ class OptimConfig:
 
 
 @dataclass
+class BoxTrainConfig:
+    """Box control (Boximator-style): a `BoxAdapter` on the DiT, trained on the dataset's box tracks
+    (the optional ``boxes`` of captions.jsonl) with random box dropout, so one model serves text-only,
+    sparse-box and dense-box use. See docs/box-control.md."""
+
+    freeze_base: bool = True  # train the adapter only (the base DiT and text encoder from init_from)
+    p_drop_all: float = 0.2  # a clip trains without boxes (text only)
+    p_drop_track: float = 0.2  # a track is dropped
+    p_first_only: float = 0.15  # a track keeps only its first frame (pins the start)
+    p_drop_frame: float = 0.3  # a box of a frame is dropped (sparse keyframes)
+    p_soft: float = 0.2  # a track becomes soft: its box grows to a random region holding the object
+    adapter: dict[str, Any] = field(default_factory=dict)  # BoxAdapterConfig overrides (e.g. num_freqs)
+
+    def __post_init__(self) -> None:
+        for name in ("p_drop_all", "p_drop_track", "p_first_only", "p_drop_frame", "p_soft"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ConfigError(f"boxes.{name} must be a probability in [0, 1], got {value!r}")
+
+
+@dataclass
 class SampleConfig:
     """Clips written to RUN/samples/ during training and the defaults saved with the final model."""
 
@@ -134,6 +155,7 @@ class TrainConfig:
     sharded_checkpoint_mb: float = 2048.0
     max_bad_steps: int = 5  # consecutive NaN/inf losses before the run stops
     samples: SampleConfig = field(default_factory=SampleConfig)
+    boxes: BoxTrainConfig | None = None  # box control training (None: a plain text-to-video run)
     out_dir: str | None = None  # the run directory when none is given (`tubelet train --out`)
 
     def __post_init__(self) -> None:

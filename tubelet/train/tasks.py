@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -135,20 +135,42 @@ class DiTTask:
             )
         trained_text = sum(p.numel() for p in text.parameters()) if text is not None else 0
         check_training_memory(lambda: VideoDiT(dcfg), device, "dit", extra_params=trained_text)
-        dit = VideoDiT(dcfg)
+        dit: nn.Module = VideoDiT(dcfg)
+        if cfg.boxes is not None:  # box control: an adapter on the DiT (tubelet.models.box_adapter)
+            from tubelet.models.box_adapter import BoxAdapter, BoxAdapterConfig, BoxedDiT
+
+            if cfg.boxes.freeze_base and not cfg.init_from:
+                raise ConfigError(
+                    "boxes.freeze_base trains the box adapter only: set init_from to the model to add box control "
+                    "to (or boxes.freeze_base: false to train everything)"
+                )
+            try:
+                acfg = BoxAdapterConfig.for_dit(dcfg, **cfg.boxes.adapter)
+            except TypeError as e:
+                raise ConfigError(f"boxes.adapter: {e}") from None
+            dit = BoxedDiT(cast(Any, dit), BoxAdapter(acfg))
         self.model = TextToVideoModel(dit, text)
         if cfg.init_from:
             self._init_from(Path(cfg.init_from))
+        if cfg.boxes is not None and cfg.boxes.freeze_base:  # the Boximator recipe: only the adapter learns
+            self.model.dit.dit.requires_grad_(False)
+            if self.model.text is not None:
+                self.model.text.requires_grad_(False)
         self.model.to(device)
         self.codec = LatentCodec(self.vae)  # encode + the latent normalisation (identity in pixel space)
 
     def _init_from(self, d: Path) -> None:
         tdir = d / "transformer" if (d / "transformer").is_dir() else d
-        init_weights(self.model.dit, tdir / "model.safetensors")
+        base = self.model.dit.dit if self.cfg.boxes is not None else self.model.dit
+        init_weights(base, tdir / "model.safetensors")
+        if self.cfg.boxes is not None and (d / "box_adapter" / "model.safetensors").is_file():
+            init_weights(self.model.dit.adapter, d / "box_adapter" / "model.safetensors")  # go on training it
         if self.model.text is not None and (d / "text_encoder" / "model.safetensors").is_file():
             init_weights(self.model.text, d / "text_encoder" / "model.safetensors")
 
     def submodules(self) -> list[nn.Module]:
+        if self.cfg.boxes is not None:  # the base's blocks and the adapter's layers
+            return [self.model.dit.dit, self.model.dit.adapter]
         return [self.model.dit]
 
     @torch.no_grad()
@@ -214,10 +236,61 @@ class DiTTask:
             cond = Cond(context=ctx, context_mask=mask)
         if known.any():
             cond = cond.replace(known_mask=known)
+        if self.cfg.boxes is not None:
+            cond = cond.replace(boxes=self._train_boxes(batch, f, generator))
         loss, _ = flow_matching_loss(
             wrapped, x0, cond, cfg=self.cfg.flow, num_tokens=tokens, noise=noise, s=s
         )
         return loss, {"tokens": b * tokens, "samples": b}
+
+    def _train_boxes(self, batch: dict[str, Any], latent_frames: int, generator: torch.Generator) -> Any:
+        """The batch's box tracks at the latent frames, after box dropout (`BoxTrainConfig`).
+
+        Every draw is made for the whole global batch (and 16 track slots) from the shared generator
+        and sliced, like the objective's, so N processes train as one.
+        """
+        from tubelet.boxes import MAX_TRACKS
+        from tubelet.diffusion.cond import Boxes
+
+        bc = self.cfg.boxes
+        assert bc is not None
+        src = batch.get("boxes")
+        b = len(batch["caption"])
+        if src is None:  # a dataset without boxes: every clip trains text-only
+            src = {"boxes": torch.zeros(b, 0, 1, 4), "present": torch.zeros(b, 0, 1, dtype=torch.bool),
+                   "hard": torch.zeros(b, 0, dtype=torch.bool), "objects": torch.zeros(b, 0, dtype=torch.long)}  # fmt: skip
+        boxes, present = src["boxes"].float(), src["present"].bool()
+        hard, objects = src["hard"].bool().clone(), src["objects"].long()
+        n, t = boxes.shape[1], boxes.shape[2]
+        tf = self.codec.temporal_factor
+        idx = [0] + [min(t - 1, 1 + tf * (j - 1) + (tf - 1) // 2) for j in range(1, latent_frames)]
+        boxes, present = boxes[:, :, idx].clone(), present[:, :, idx].clone()  # (B, N, F', ...)
+        world, lo = self.world_size, self.rank * b
+        g, dev = generator, generator.device
+
+        def draw(*shape: int) -> torch.Tensor:
+            return torch.rand((world * b, *shape), generator=g, device=dev)[lo : lo + b].cpu()
+
+        u_all, u_track, u_first, u_soft = draw(), draw(MAX_TRACKS), draw(MAX_TRACKS), draw(MAX_TRACKS)
+        u_frame, grow = draw(MAX_TRACKS, latent_frames), draw(MAX_TRACKS, 4)
+        keep = (u_track[:, :n] >= bc.p_drop_track) & (u_all >= bc.p_drop_all)[:, None]  # (B, N)
+        present &= keep[:, :, None]
+        first_only = u_first[:, :n] < bc.p_first_only
+        starts = present.float().argmax(-1, keepdim=True)  # the track's first present frame
+        at_start = torch.zeros_like(present).scatter_(-1, starts, True)
+        sparse = u_frame[:, :n, :latent_frames] >= bc.p_drop_frame
+        sparse |= at_start  # a track keeps its first box
+        present &= torch.where(first_only[:, :, None], at_start, sparse)
+        soft = u_soft[:, :n] < bc.p_soft
+        if soft.any():  # soft: the box grows towards the frame edges by a random fraction per side
+            gw = grow[:, :n]  # (B, N, 4)
+            lo_xy, hi_xy = boxes[..., :2], boxes[..., 2:]
+            grown = torch.cat(
+                [lo_xy * (1 - gw[:, :, None, :2]), hi_xy + (1 - hi_xy) * gw[:, :, None, 2:]], -1
+            )
+            boxes = torch.where(soft[:, :, None, None], grown, boxes)
+            hard &= ~soft
+        return Boxes(boxes, present, hard, objects).to(self.device)
 
     def pipeline(self, model: TextToVideoModel):
         """A generation pipeline around (EMA) weights in `model`, for samples and export."""
