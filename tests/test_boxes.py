@@ -356,3 +356,24 @@ def test_box_adapter_trains_on_a_frozen_base_and_generates_with_boxes(box_data: 
     without = pipe("a red circle moving right", seed=0, num_inference_steps=2, progress=False)
     assert with_boxes.frames.shape == without.frames.shape == (5, 16, 16, 3)
     assert not np.array_equal(with_boxes.frames, without.frames)
+
+
+def test_caches_keep_the_boxes(box_data: Path, tmp_path: Path) -> None:
+    from tubelet.data.cache import build_pixel_cache
+    from tubelet.data.dataset import VideoDataset
+    from tubelet.train.config import resolve_train_config
+
+    cfg = resolve_train_config("tiny").data
+    out = build_pixel_cache(box_data, tmp_path / "cache", data=cfg, progress=False)
+    from tubelet.data.cache import LatentCacheDataset
+
+    cached = LatentCacheDataset(out, cfg)
+    ds = VideoDataset(box_data, cfg, progress=False)
+    for j in range(len(cached)):
+        item = cached[j]
+        i = next(k for k, s in enumerate(ds.samples) if s.path == item["path"])
+        want = ds.boxes_of(i, cached.samples[j]["start"])
+        n = len(want["hard"])
+        assert (
+            torch.equal(item["boxes"]["boxes"][:n], want["boxes"]) and not item["boxes"]["present"][n:].any()
+        )

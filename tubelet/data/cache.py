@@ -34,6 +34,7 @@ import torch
 from tubelet.config import config_from_dict, config_to_dict
 from tubelet.core.files import atomic_write_json
 from tubelet.data.dataset import DRAW_CAPTION, DataConfig, SampleKey, VideoDataset, as_key, sample_rng
+from tubelet.data.loader import Batch
 from tubelet.errors import DataError, ModelLoadError
 from tubelet.media import unit_to_frames
 from tubelet.models.codec import LatentCodec
@@ -97,6 +98,7 @@ def build_cache(
             rows: list[torch.Tensor] = []
             ctxs: list[torch.Tensor] = []
             masks: list[torch.Tensor] = []
+            box_rows: list[dict[str, torch.Tensor] | None] = []
             jobs = [
                 (i, _start(ds.samples[i], cfg, ds.buckets[b].frames, k, clips_per_video))
                 for i in members
@@ -110,6 +112,7 @@ def build_cache(
                     torch.stack([video for _, video in chunk]).to(device)
                 )  # (n, C, F', H', W')
                 for (meta, _), zj in zip(chunk, z):
+                    box_rows.append(meta.pop("_boxes", None))
                     meta.update(shard=shard, row=len(rows))
                     rows.append(zj.to(dtype).cpu())
                     entries.append(meta)
@@ -122,6 +125,7 @@ def build_cache(
                 if ctxs:
                     tensors["context"] = torch.stack(_pad_k(ctxs))
                     tensors["mask"] = torch.stack(_pad_k(masks))
+                tensors.update(_box_tensors(box_rows, ds.buckets[b].frames))
                 save_state_dict(tensors, out / f"shard-{shard:05d}.safetensors")
                 shard += 1
         return _finish(
@@ -139,7 +143,22 @@ def _decoded(loader: Any, jobs: list[tuple[int, int]], ds: VideoDataset, bucket:
         if isinstance(clip, str):
             ds._record(s.path, clip)
             continue
-        yield {"path": s.path, "captions": list(s.captions), "bucket": bucket, "start": start}, clip
+        meta = {"path": s.path, "captions": list(s.captions), "bucket": bucket, "start": start}
+        boxes = ds.boxes_of(i, start)  # the first caption line's tracks (kept in the shard)
+        if boxes is not None:
+            meta["_boxes"] = boxes
+        yield meta, clip
+
+
+def _box_tensors(rows: list[dict[str, torch.Tensor] | None], frames: int) -> dict[str, torch.Tensor]:
+    """A shard's box tracks ("box_boxes" (n, N, T, 4), "box_present", "box_hard", "box_objects";
+    tracks padded as absent), or nothing when no clip of the shard has boxes."""
+    if all(r is None for r in rows):
+        return {}
+    from tubelet.data.loader import collate_boxes
+
+    arrays = collate_boxes(rows, frames)
+    return {f"box_{k}": arrays[k] for k in ("boxes", "present", "hard", "objects")}
 
 
 def _batched(items: Iterator, n: int) -> Iterator[list]:
@@ -204,11 +223,14 @@ def build_pixel_cache(
                 _DecodeJobs(ds, jobs), batch_size=None, num_workers=workers, shuffle=False
             )
             rows: list[torch.Tensor] = []
+            box_rows: list[dict[str, torch.Tensor] | None] = []
             for meta, clip in _decoded(loader, jobs, ds, b, bar):
+                box_rows.append(meta.pop("_boxes", None))
                 entries.append({**meta, "shard": shard, "row": len(rows)})
                 rows.append(clip)
             if rows:
-                save_state_dict({"pixels": torch.stack(rows)}, out / f"shard-{shard:05d}.safetensors")
+                tensors = {"pixels": torch.stack(rows), **_box_tensors(box_rows, ds.buckets[b].frames)}
+                save_state_dict(tensors, out / f"shard-{shard:05d}.safetensors")
                 shard += 1
         return _finish(out, data_dir, cfg, ds, entries, bar, kind="pixels", model=None)
 
@@ -389,6 +411,10 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         if "context" in sh:
             item["context"] = sh["context"][s["row"], k].float()
             item["mask"] = sh["mask"][s["row"], k]
+        if "box_boxes" in sh:
+            item["boxes"] = {
+                name: sh[f"box_{name}"][s["row"]] for name in ("boxes", "present", "hard", "objects")
+            }
         return item
 
     def stats(self) -> dict[str, Any]:
@@ -398,16 +424,24 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         return None
 
 
-def collate_latents(items: list[dict[str, Any]]) -> dict[str, Any]:
+def collate_latents(items: list[dict[str, Any]]) -> Batch:
     key = "pixels" if "pixels" in items[0] else "latents"
-    out: dict[str, Any] = {
-        key: torch.stack([it[key] for it in items]),
+    out: Batch = {
         "caption": [it["caption"] for it in items],
         "path": [it["path"] for it in items],
         "bucket": items[0]["bucket"],
         "skipped": [],
     }
+    if key == "pixels":
+        out["pixels"] = torch.stack([it["pixels"] for it in items])
+    else:
+        out["latents"] = torch.stack([it["latents"] for it in items])
     if "context" in items[0]:
         out["context"] = torch.stack([it["context"] for it in items])
         out["mask"] = torch.stack([it["mask"] for it in items])
+    if any("boxes" in it for it in items):
+        from tubelet.data.loader import collate_boxes
+
+        frames = next(it["boxes"]["boxes"].shape[1] for it in items if "boxes" in it)
+        out["boxes"] = collate_boxes([it.get("boxes") for it in items], frames)
     return out

@@ -374,16 +374,26 @@ class VideoDataset(torch.utils.data.Dataset):
             raise DataError(f"{s.path}: decoded frames have shape {tuple(frames.shape)} {frames.dtype}")
         video = frames_to_tensor(frames, b.height, b.width)  # (3, F, H, W)
         item = {"video": video, "caption": s.captions[caption_index], "path": s.path, "bucket": s.bucket}
-        tracks = s.boxes[caption_index] if s.boxes is not None else None
-        if tracks:
-            if s.kind == "image":
-                times = [0.0]
-            else:
-                span = source_indices(0, b.frames, s.fps, self.cfg.fps)[-1] + 1
-                first = min(max(0, start), max(0, s.num_frames - span))
-                times = [float(first + k) for k in source_indices(0, b.frames, s.fps, self.cfg.fps)]
-            item["boxes"] = clip_boxes(tracks, times, (s.height, s.width), (b.height, b.width))
+        boxes = self.boxes_of(index, start, caption_index)
+        if boxes is not None:
+            item["boxes"] = boxes
         return item
+
+    def boxes_of(self, index: int, start: int, caption_index: int = 0) -> dict[str, torch.Tensor] | None:
+        """The box tracks of sample `index`'s caption line at the clip taken from source frame
+        `start`, in the output's coordinates (`clip_boxes`); None when the line has none."""
+        s = self.samples[index]
+        b = self.buckets[s.bucket]
+        tracks = s.boxes[caption_index] if s.boxes is not None else None
+        if not tracks:
+            return None
+        if s.kind == "image":
+            times = [0.0]
+        else:
+            steps = source_indices(0, b.frames, s.fps, self.cfg.fps)
+            first = min(max(0, start), max(0, s.num_frames - (steps[-1] + 1)))
+            times = [float(first + k) for k in steps]
+        return clip_boxes(tracks, times, (s.height, s.width), (b.height, b.width))
 
     def _read_clip(self, s: Sample, frames: int, start: int, out_h: int, out_w: int) -> np.ndarray:
         """`frames` frames at the target fps from source frame `start` on (uint8 (F, h, w, 3)).

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
+from torch import Tensor
 
 from tubelet.data.sampling import SampleKey
 
@@ -17,6 +18,33 @@ if TYPE_CHECKING:
     from tubelet.data.dataset import VideoDataset
 
 logger = logging.getLogger("tubelet.data")
+
+
+class BoxArrays(TypedDict):
+    """Box tracks of a batch at its video frames, tracks padded as absent (`collate_boxes`)."""
+
+    boxes: Tensor  # (B, N, T, 4) float (x0, y0, x1, y1) in [0, 1], in the cropped frame
+    present: Tensor  # (B, N, T) bool
+    hard: Tensor  # (B, N) bool
+    objects: Tensor  # (B, N) int64: the prompt's object each track binds to
+
+
+class Batch(TypedDict, total=False):
+    """A training batch, as `collate` (decoded videos) and `collate_latents` (caches) make it.
+
+    One bucket per batch (B clips of the same F x H x W). Exactly one of video / pixels / latents.
+    """
+
+    video: Tensor  # (B, 3, F, H, W) float in [-1, 1] (decoded from the files)
+    pixels: Tensor  # (B, 3, F, H, W) uint8 (a pixel cache)
+    latents: Tensor  # (B, C, F', H', W') raw VAE latents (a latent cache; normalised by the task)
+    context: Tensor  # (B, K, L, D) or (B, L, D) frozen text states cached with the latents
+    mask: Tensor  # (B, L) bool, with context
+    caption: list[str]  # one per clip ("" = dropped later by the objective, not here)
+    path: list[str]
+    bucket: int
+    skipped: list[tuple[str, str]]  # (file, cause) found unreadable while filling the batch
+    boxes: BoxArrays  # when the dataset's captions carry box tracks
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -163,12 +191,12 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.version += 1
 
 
-def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def collate(items: Sequence[dict[str, Any]]) -> Batch:
     """Stack videos (B, 3, F, H, W); captions and paths stay lists; skipped files are merged."""
     buckets = {it["bucket"] for it in items}
     if len(buckets) != 1:
         raise ValueError(f"a batch mixes buckets {sorted(buckets)}; use BucketBatchSampler")
-    batch = {
+    batch: Batch = {
         "video": torch.stack([it["video"] for it in items]),  # (B, 3, F, H, W)
         "caption": [it["caption"] for it in items],
         "path": [it["path"] for it in items],
@@ -180,12 +208,12 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def collate_boxes(per_item: Sequence[dict[str, torch.Tensor] | None], frames: int) -> dict[str, torch.Tensor]:
+def collate_boxes(per_item: Sequence[Any], frames: int) -> BoxArrays:
     """Box arrays of a batch, tracks padded (absent) to the most: boxes (B, N, T, 4), present (B, N, T),
     hard (B, N), objects (B, N). An item without boxes has only absent tracks."""
     n = max((len(b["hard"]) for b in per_item if b is not None), default=0)
     size = len(per_item)
-    out = {
+    out: BoxArrays = {
         "boxes": torch.zeros(size, n, frames, 4),
         "present": torch.zeros(size, n, frames, dtype=torch.bool),
         "hard": torch.zeros(size, n, dtype=torch.bool),

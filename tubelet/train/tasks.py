@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
+from tubelet.data.loader import Batch
 from tubelet.diffusion.cond import Cond
 from tubelet.errors import ConfigError
 from tubelet.kernels import apply_cpu_kernels
@@ -39,7 +40,7 @@ def _preset(value: Any, kind: str, cls: type, what: str) -> Any:
     raise ConfigError(f"{what}: expected a preset name or a mapping, got {value!r}")
 
 
-def batch_video(batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+def batch_video(batch: Batch, device: torch.device) -> torch.Tensor:
     """A batch's clips as float32 (B, 3, F, H, W) in [-1, 1] on `device`: decoded videos, or the uint8
     frames of a pixel cache (moved as uint8, a quarter of the bytes, and converted on the device)."""
     if "pixels" in batch:
@@ -174,7 +175,7 @@ class DiTTask:
         return [self.model.dit]
 
     @torch.no_grad()
-    def to_latents(self, batch: dict[str, Any]) -> torch.Tensor:
+    def to_latents(self, batch: Batch) -> torch.Tensor:
         """(B, C, F', H', W') normalised latents for a batch of videos or cached (raw) latents."""
         if "latents" in batch:
             return self.codec.normalize(batch["latents"].to(self.device, torch.float32))
@@ -188,7 +189,7 @@ class DiTTask:
             emb = self.frozen_text.encode(captions)
         return emb.context.to(self.device, torch.float32), emb.mask.to(self.device)
 
-    def _cached_text(self, batch: dict[str, Any], captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _cached_text(self, batch: Batch, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen text embeddings from a latent cache; dropped captions get the empty prompt's."""
         ctx = batch["context"].to(self.device, torch.float32)  # (B, L, D)
         mask = batch["mask"].to(self.device)  # (B, L)
@@ -203,9 +204,7 @@ class DiTTask:
                 mask[i, :n] = u_mask[0, :n]
         return ctx, mask
 
-    def loss(
-        self, wrapped: nn.Module, batch: dict[str, Any], generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict]:
+    def loss(self, wrapped: nn.Module, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         from tubelet.diffusion.flow import (
             drop_captions,
             flow_matching_loss,
@@ -243,7 +242,7 @@ class DiTTask:
         )
         return loss, {"tokens": b * tokens, "samples": b}
 
-    def _train_boxes(self, batch: dict[str, Any], latent_frames: int, generator: torch.Generator) -> Any:
+    def _train_boxes(self, batch: Batch, latent_frames: int, generator: torch.Generator) -> Any:
         """The batch's box tracks at the latent frames, after box dropout (`BoxTrainConfig`).
 
         Every draw is made for the whole global batch (and 16 track slots) from the shared generator
@@ -369,9 +368,7 @@ class VAETask:
     def submodules(self) -> list[nn.Module]:
         return []
 
-    def loss(
-        self, wrapped: nn.Module, batch: dict[str, Any], generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict]:
+    def loss(self, wrapped: nn.Module, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         from tubelet.models.vae import gaussian_kl
 
         video = batch_video(batch, self.device)  # (B, 3, F, H, W)

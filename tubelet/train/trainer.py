@@ -40,6 +40,7 @@ from torch import nn
 
 from tubelet.config import config_to_dict
 from tubelet.core.files import atomic_write_json, check_output_location
+from tubelet.data.loader import Batch
 from tubelet.errors import TubeletError
 from tubelet.train import checkpoint as ckpt
 from tubelet.train.config import TrainConfig
@@ -94,9 +95,9 @@ class _Batches:
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader
-        self._it: Iterator[dict[str, Any]] | None = None
+        self._it: Iterator[Batch] | None = None
 
-    def __next__(self) -> dict[str, Any]:
+    def __next__(self) -> Batch:
         while True:
             if self._it is None:
                 self._it = iter(self.loader)
@@ -153,7 +154,7 @@ class _CacheBatches:
     def __init__(self, ds: Any, sampler: Any) -> None:
         self.ds, self.sampler, self._it = ds, sampler, None
 
-    def __next__(self) -> dict[str, Any]:
+    def __next__(self) -> Batch:
         from tubelet.data.cache import collate_latents
 
         while True:
