@@ -21,6 +21,7 @@ from tubelet.cli import (  # noqa: F401  (importing registers the commands)
     data_check,
     data_shapes,
     demo,
+    eval_boxes,
     eval_oracle,
     eval_sample,
     eval_videos,

@@ -30,7 +30,7 @@ def _options(
 
 data_app = typer.Typer(help="Datasets: the synthetic shapes world, checks and caches.", no_args_is_help=True)
 eval_app = typer.Typer(
-    help="Evaluation: the shapes-world oracle and VBench-style dimensions.", no_args_is_help=True
+    help="Evaluation: the shapes-world oracle, box control and VBench-style dimensions.", no_args_is_help=True
 )
 convert_app = typer.Typer(
     help="Convert external checkpoints (Wan2.1) to tubelet model directories.", no_args_is_help=True

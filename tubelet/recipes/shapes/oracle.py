@@ -37,6 +37,7 @@ pipeline and scores the raw frames.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -144,9 +145,13 @@ class Track:
     corner: float  # diagonal minus axis kurtosis of the mass: square ~ +0.6, circle ~ 0
     aspect: float  # widest row / tallest column
     side: float  # median box side as a fraction of the frame's short side
+    # frame -> (x0, y0, x1, y1) in [0, 1] image coordinates, for the frames it was seen in
+    boxes: dict[int, tuple[float, float, float, float]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("boxes")  # per-frame geometry stays out of reports
+        return d
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,6 +204,8 @@ class _Detection:
     side_y: float  # tallest column, pixels
     skew: float  # skewness of the row profile (apex-up triangle ~ -0.57, symmetric shapes 0)
     corner: float  # diagonal minus axis kurtosis of the mass (square ~ +0.6, circle 0)
+    var_x: float = 0.0  # variance of the mass along x / y (pixels^2): the box, given the shape
+    var_y: float = 0.0
 
 
 def _kurtosis(alpha: np.ndarray, p: np.ndarray, area: float) -> float:
@@ -244,7 +251,8 @@ def _soft_features(
     k_axes = _kurtosis(alpha, dx + 0 * dy, area) + _kurtosis(alpha, dy + 0 * dx, area)
     k_diag = _kurtosis(alpha, (dx + dy) / np.sqrt(2), area) + _kurtosis(alpha, (dx - dy) / np.sqrt(2), area)
     corner = (k_diag - k_axes) / 2
-    return _Detection(x0 + mx, y0 + my, area, float(rows.max()), float(cols.max()), skew, corner)
+    var_x = float((cols * (xs - mx) ** 2).sum() / area)
+    return _Detection(x0 + mx, y0 + my, area, float(rows.max()), float(cols.max()), skew, corner, var_x, var)
 
 
 def _components(
@@ -287,6 +295,22 @@ def _components(
         if det is not None:
             out.append(det)
     return out
+
+
+def _box_of(d: _Detection, shape: str) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) pixels of a detection, from its mass moments and its shape.
+
+    Sums of anti-aliased coverage locate an object to a fraction of a pixel where edges and thin
+    apexes defeat thresholds: a w x h square has variance w^2/12 along x, a disc of diameter D has
+    D^2/16, an apex-up triangle of base B and height H has B^2/24 along x, H^2/18 along y and its
+    centroid a third of the way up from the base.
+    """
+    if shape == "triangle":
+        w, h = math.sqrt(24 * d.var_x), math.sqrt(18 * d.var_y)
+        return (d.cx - w / 2, d.cy - 2 * h / 3, d.cx + w / 2, d.cy + h / 3)
+    k = 12.0 if shape == "square" else 16.0
+    w, h = math.sqrt(k * d.var_x), math.sqrt(k * d.var_y)
+    return (d.cx - w / 2, d.cy - h / 2, d.cx + w / 2, d.cy + h / 2)
 
 
 def _classify_shape(fill: float, skew: float, corner: float, aspect: float) -> str:
@@ -364,10 +388,11 @@ def detect_objects(frames: np.ndarray, labels: np.ndarray | None = None) -> list
             corner = float(np.median(det[:, 6]))
             aspect = float(np.median(det[:, 3] / det[:, 4]))
             side = float(np.median(np.maximum(det[:, 3], det[:, 4]))) / short
+            shape = _classify_shape(fill, skew, corner, aspect)
             tracks.append(
                 Track(
                     color=name,
-                    shape=_classify_shape(fill, skew, corner, aspect),
+                    shape=shape,
                     size=_classify_size(side),
                     motion=motion,
                     displacement=(dx, dy),
@@ -377,6 +402,7 @@ def detect_objects(frames: np.ndarray, labels: np.ndarray | None = None) -> list
                     corner=corner,
                     aspect=aspect,
                     side=side,
+                    boxes={int(t): _normalised(_box_of(d, shape), w, h) for t, d in lk},
                 )
             )
     return tracks
@@ -385,6 +411,11 @@ def detect_objects(frames: np.ndarray, labels: np.ndarray | None = None) -> list
 # --------------------------------------------------------------------------------------------
 # Scoring
 # --------------------------------------------------------------------------------------------
+
+
+def _normalised(box: tuple[float, float, float, float], w: int, h: int) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = box
+    return (max(0.0, x0 / w), max(0.0, y0 / h), min(1.0, x1 / w), min(1.0, y1 / h))
 
 
 def _match(spec: PromptSpec, tracks: list[Track]) -> dict[int, int]:
