@@ -377,3 +377,66 @@ def test_caches_keep_the_boxes(box_data: Path, tmp_path: Path) -> None:
         assert (
             torch.equal(item["boxes"]["boxes"][:n], want["boxes"]) and not item["boxes"]["present"][n:].any()
         )
+
+
+def test_free_motion_scenes_move_as_text_cannot_say_and_their_boxes_follow() -> None:
+    from tubelet.recipes.shapes.oracle import _match, analyse_clip
+    from tubelet.recipes.shapes.render import make_clip, scene_boxes
+    from tubelet.recipes.shapes.scene import Scene, sample_free_scene
+
+    assert make_clip((0, 3)).scene == make_clip((0, 3), free_motion=0.0).scene  # the default stream is kept
+    kinds = {"curved": 0, "timing": 0, "crossing": 0, "diagonal": 0}
+    ious = []
+    for i in range(30):
+        clip = make_clip((5, i), frames=16, size=64, free_motion=1.0)
+        scene = clip.scene
+        assert Scene.from_dict(scene.to_dict()) == scene  # paths and timings round-trip
+        objs = scene.objects
+        kinds["curved"] += any(o.via is not None for o in objs)
+        kinds["timing"] += any(o.timing != "linear" for o in objs)
+        starts = [o.position(0)[0] for o in objs]
+        ends = [o.position(1)[0] for o in objs]
+        if len(objs) == 2 and (starts[0] - starts[1]) * (ends[0] - ends[1]) < 0:
+            kinds["crossing"] += 1  # they swapped sides
+        for o in objs:
+            (x0, y0), (x1, y1) = o.position(0), o.position(1)
+            kinds["diagonal"] += abs(x1 - x0) > 0.1 and abs(y1 - y0) > 0.1
+            # the caption names the dominant direction of the whole path
+            dx, dy = x1 - x0, y1 - y0
+            want = ("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("down" if dy > 0 else "up")
+            assert o.spec.motion == want
+        analysis = analyse_clip(clip.frames)
+        match = _match(scene.spec, analysis.tracks)
+        for t in parse_boxes(scene_boxes(scene, frames=16, size=64)):
+            found = analysis.tracks[match[t.object]].boxes if t.object in match else {}
+            for f in (0, 7, 15):
+                b, g = t.box_at(f), found.get(f)
+                if g is None:
+                    ious.append(0.0)
+                    continue
+                ix = max(0.0, min(b[2], g[2]) - max(b[0], g[0]))
+                iy = max(0.0, min(b[3], g[3]) - max(b[1], g[1]))
+                ious.append(
+                    ix * iy / ((b[2] - b[0]) * (b[3] - b[1]) + (g[2] - g[0]) * (g[3] - g[1]) - ix * iy)
+                )
+    assert all(v > 0 for v in kinds.values()), kinds
+    assert np.median(ious) > 0.95  # crossing objects occlude each other for a few frames
+    stop = next(
+        o
+        for i in range(200)
+        for o in sample_free_scene(np.random.default_rng(i)).objects
+        if o.timing == "stop_go"
+    )
+    assert stop.position(0.4) == stop.position(0.6) and stop.position(0.0) != stop.position(1.0)
+
+
+def test_write_dataset_with_free_motion_records_it(tmp_path: Path) -> None:
+    import json
+
+    from tubelet.recipes.shapes import write_dataset
+
+    out = write_dataset(tmp_path / "d", 6, seed=1, frames=8, size=32, progress=False, free_motion=0.5)
+    meta = json.loads((out / "shapes.json").read_text())
+    assert meta["free_motion"] == 0.5
+    scenes = [json.loads(x)["scene"] for x in (out / "scenes.jsonl").read_text().splitlines()]
+    assert len(scenes) == 6

@@ -40,6 +40,14 @@ def shapes(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     workers: int = typer.Option(1, min=1, help="Processes rendering and encoding clips (same output)."),
+    free_motion: float = typer.Option(
+        0.0,
+        "--free-motion",
+        min=0.0,
+        max=1.0,
+        help="Fraction of clips with motion text cannot say (diagonal, curved, speeding up, stopping, "
+        "crossing), for training box control; their boxes are in captions.jsonl.",
+    ),
     holdout: Path | None = typer.Option(
         None,
         help="JSON list of [color, shape, motion] combinations to keep out (clips with one are skipped): "
@@ -76,6 +84,7 @@ def shapes(
         progress=progress,
         holdout=held,
         workers=workers,
+        free_motion=free_motion,
     )
     dt = time.perf_counter() - t0
     skipped = json.loads((path / "shapes.json").read_text()).get("skipped_holdout", 0) if held else 0

@@ -22,9 +22,7 @@ def boxes(
         None, "--out", "-o", help="Report JSON (default: outputs/boxes-<suite>.json)."
     ),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N clips."),  # noqa: UP045
-    steps: int | None = typer.Option(
-        None, "--steps", min=1, help="Sampling steps (default: the model's)."
-    ),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Sampling steps (default: the model's)."),
     baseline: bool = typer.Option(
         True, "--baseline/--no-baseline", help="Also generate every prompt without its boxes (what they add)."
     ),

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from tubelet.recipes.shapes.grammar import BACKGROUNDS, COLORS, SIZES, caption
-from tubelet.recipes.shapes.scene import Scene, SceneObject, sample_scene
+from tubelet.recipes.shapes.scene import Scene, SceneObject, sample_free_scene, sample_scene
 
 __all__ = ["ShapesClip", "make_clip", "object_coverage", "render"]
 
@@ -162,16 +162,22 @@ def make_clip(
     size: int | tuple[int, int] = 64,
     fps: float = 8.0,
     noise: float = 0.0,
+    free_motion: float = 0.0,
 ) -> ShapesClip:
     """The clip for `seed` (an int or a tuple of ints, e.g. (dataset_seed, index)).
 
     The scene depends only on the seed and the frame aspect ratio; the noise has its own stream, so
-    the same seed gives the same scene with or without noise.
+    the same seed gives the same scene with or without noise. With `free_motion` > 0 that fraction
+    of clips has motion text cannot say (`sample_free_scene`); with 0 the scene stream is unchanged.
     """
     h, w = _frame_size(size)
     entropy = int(seed) if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
     scene_ss, noise_ss = np.random.SeedSequence(entropy).spawn(2)
-    scene = sample_scene(np.random.Generator(np.random.PCG64(scene_ss)), aspect=w / h)
+    rng = np.random.Generator(np.random.PCG64(scene_ss))
+    if free_motion > 0 and rng.random() < free_motion:
+        scene = sample_free_scene(rng, aspect=w / h)
+    else:
+        scene = sample_scene(rng, aspect=w / h)
     pixels = render(
         scene, frames=frames, size=(h, w), noise=noise, rng=np.random.Generator(np.random.PCG64(noise_ss))
     )

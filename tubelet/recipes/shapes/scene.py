@@ -25,7 +25,16 @@ from tubelet.recipes.shapes.grammar import (
     caption,
 )
 
-__all__ = ["MIN_TRAVEL", "Scene", "SceneObject", "sample_scene", "scene_for_spec"]
+__all__ = [
+    "FREE_KINDS",
+    "MIN_TRAVEL",
+    "TIMINGS",
+    "Scene",
+    "SceneObject",
+    "sample_free_scene",
+    "sample_scene",
+    "scene_for_spec",
+]
 
 MIN_TRAVEL = 0.30  # a moving object's displacement, as a fraction of the frame along its axis
 EDGE_MARGIN = 0.02  # keep objects this far (fraction of the frame) from the border
@@ -40,13 +49,46 @@ class SceneObject:
     spec: ObjectSpec
     start: tuple[float, float]
     end: tuple[float, float]
+    # Free motion (what text cannot say; box control asks for it): a curve through `via` (the
+    # control point of a quadratic Bezier from start to end) and a timing along the path.
+    via: tuple[float, float] | None = None
+    timing: str = "linear"  # linear | accelerate | decelerate | stop_go
 
     def position(self, u: float) -> tuple[float, float]:
-        """Centre at clip time `u` in [0, 1] (constant velocity)."""
+        """Centre at clip time `u` in [0, 1] (constant velocity unless `via` / `timing` say otherwise)."""
+        s = _ease(u, self.timing)
+        if self.via is None:
+            return (
+                self.start[0] + (self.end[0] - self.start[0]) * s,
+                self.start[1] + (self.end[1] - self.start[1]) * s,
+            )
+        a, b = (1 - s) * (1 - s), 2 * (1 - s) * s
+        c = s * s
         return (
-            self.start[0] + (self.end[0] - self.start[0]) * u,
-            self.start[1] + (self.end[1] - self.start[1]) * u,
+            a * self.start[0] + b * self.via[0] + c * self.end[0],
+            a * self.start[1] + b * self.via[1] + c * self.end[1],
         )
+
+
+TIMINGS = ("linear", "accelerate", "decelerate", "stop_go")
+
+
+def _ease(u: float, timing: str) -> float:
+    """Progress along the path at clip time u: constant speed, speeding up, slowing down, or
+    moving half way, stopping for the middle 30% of the clip and moving on."""
+    if timing == "linear":
+        return u
+    if timing == "accelerate":
+        return u * u
+    if timing == "decelerate":
+        return 1 - (1 - u) * (1 - u)
+    if timing == "stop_go":
+        if u < 0.35:
+            return 0.5 * u / 0.35
+        if u <= 0.65:
+            return 0.5
+        return 0.5 + 0.5 * (u - 0.65) / 0.35
+    raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
 
 
 def _extent(size: str, aspect: float) -> tuple[float, float]:
@@ -73,14 +115,17 @@ class Scene:
         objs = []
         for o in self.objects:
             w, h = _extent(o.spec.size, self.aspect)
-            objs.append(
-                {
-                    **o.spec.to_dict(),
-                    "start": [float(o.start[0]), float(o.start[1])],
-                    "end": [float(o.end[0]), float(o.end[1])],
-                    "extent": [w, h],
-                }
-            )
+            d = {
+                **o.spec.to_dict(),
+                "start": [float(o.start[0]), float(o.start[1])],
+                "end": [float(o.end[0]), float(o.end[1])],
+                "extent": [w, h],
+            }
+            if o.via is not None:
+                d["via"] = [float(o.via[0]), float(o.via[1])]
+            if o.timing != "linear":
+                d["timing"] = o.timing
+            objs.append(d)
         return {
             "spec": self.spec.to_dict(),
             "background": self.background,
@@ -95,6 +140,8 @@ class Scene:
                 ObjectSpec(o["color"], o["shape"], o["size"], o["motion"]),
                 (float(o["start"][0]), float(o["start"][1])),
                 (float(o["end"][0]), float(o["end"][1])),
+                (float(o["via"][0]), float(o["via"][1])) if "via" in o else None,
+                str(o.get("timing", "linear")),
             )
             for o in d["objects"]
         )
@@ -215,6 +262,65 @@ def scene_for_spec(spec: PromptSpec, rng: np.random.Generator, *, aspect: float 
             f"{MIN_TRAVEL:.0%} of the frame); use fewer, smaller or still objects"
         )
     return Scene(spec, bg, objects, aspect)
+
+
+FREE_KINDS = ("diagonal", "curved", "crossing")
+
+
+def sample_free_scene(rng: np.random.Generator, *, aspect: float = 1.0) -> Scene:
+    """A scene whose motion text cannot fully say: diagonal or curved paths, speeding up, slowing
+    down or stopping half way, or two objects crossing. The caption names each object's dominant
+    direction (the grammar's words); its exact path is in the scene (and in its box tracks).
+
+    One or two objects, small or medium; two objects either keep to their own half of the frame or
+    (``crossing``) swap sides, passing in front of each other half way."""
+    aspect = _check_aspect(aspect)
+    colors = tuple(COLORS)
+    kind = FREE_KINDS[int(rng.integers(len(FREE_KINDS)))]
+    n = 2 if kind == "crossing" else int(rng.integers(1, 3))
+    picked = rng.choice(len(colors), size=n, replace=False)
+    flip = rng.random() < 0.5  # crossing: which object starts on the left
+    objs = []
+    for j in range(n):
+        size = ("small", "medium")[int(rng.integers(2))]
+        w, h = _extent(size, aspect)
+        lo_x, hi_x = w / 2 + EDGE_MARGIN, 1 - w / 2 - EDGE_MARGIN
+        if n == 1 or kind == "crossing":
+            lo_y, hi_y = h / 2 + EDGE_MARGIN, 1 - h / 2 - EDGE_MARGIN
+        else:  # one half each
+            lo_y, hi_y = (
+                (h / 2 + EDGE_MARGIN, 0.5 - h / 2) if j == 0 else (0.5 + h / 2, 1 - h / 2 - EDGE_MARGIN)
+            )
+        via = None
+        if kind == "crossing":  # left <-> right through the middle, a little apart vertically
+            y = 0.5 + (-1 if j == 0 else 1) * h / 2
+            start, end = ((lo_x, y), (hi_x, y)) if (j == 0) != flip else ((hi_x, y), (lo_x, y))
+        else:
+            for _ in range(100):  # corner-ish to corner-ish: both axes travel
+                start = (float(rng.uniform(lo_x, hi_x)), float(rng.uniform(lo_y, hi_y)))
+                end = (float(rng.uniform(lo_x, hi_x)), float(rng.uniform(lo_y, hi_y)))
+                dx, dy = abs(end[0] - start[0]), abs(end[1] - start[1])
+                if max(dx, dy) >= MIN_TRAVEL and min(dx, dy) >= 0.5 * max(dx, dy) * (kind == "diagonal"):
+                    break
+            if kind == "curved":
+                mx, my = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
+                ex, ey = end[0] - start[0], end[1] - start[1]
+                norm = max(1e-9, (ex * ex + ey * ey) ** 0.5)
+                bulge = float(rng.choice([-1, 1])) * 0.5 * norm
+                via = (
+                    float(np.clip(mx - ey / norm * bulge, lo_x, hi_x)),
+                    float(np.clip(my + ex / norm * bulge, lo_y, hi_y)),
+                )
+        timing = TIMINGS[int(rng.integers(len(TIMINGS)))]
+        ex, ey = end[0] - start[0], end[1] - start[1]
+        motion = ("right" if ex > 0 else "left") if abs(ex) >= abs(ey) else ("down" if ey > 0 else "up")
+        spec = ObjectSpec(colors[int(picked[j])], SHAPES[int(rng.integers(len(SHAPES)))], size, motion)
+        objs.append(
+            SceneObject(spec, (float(start[0]), float(start[1])), (float(end[0]), float(end[1])), via, timing)
+        )
+    bg = tuple(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
+    named = rng.random() < 0.5
+    return Scene(PromptSpec(tuple(o.spec for o in objs), bg if named else None), bg, tuple(objs), aspect)
 
 
 def sample_scene(

@@ -59,11 +59,12 @@ def _write_one(
     fps: float,
     noise: float,
     held: Collection[tuple[str, ...]],  # (color, shape, motion) triples
+    free_motion: float = 0.0,
 ) -> tuple[str, dict[str, str], dict[str, Any]] | None:
     """Render and write clip i of a dataset; None when it holds a held-out combination."""
     from tubelet.media import write_video
 
-    clip = make_clip((seed, i), frames=frames, size=size, fps=fps, noise=noise)
+    clip = make_clip((seed, i), frames=frames, size=size, fps=fps, noise=noise, free_motion=free_motion)
     if held and any((o.color, o.shape, o.motion) in held for o in clip.scene.spec.objects):
         return None
     rel = f"videos/{i:06d}.mp4"
@@ -85,6 +86,7 @@ def write_dataset(
     progress: bool = True,
     holdout: Collection[tuple[str, str, str]] | None = None,
     workers: int = 1,
+    free_motion: float = 0.0,
 ) -> Path:
     """Write `num` clips to `out`: videos/NNNNNN.mp4, captions.jsonl (an English and a Chinese line
     per clip), scenes.jsonl (the full scene per clip) and shapes.json (the generator settings).
@@ -94,6 +96,8 @@ def write_dataset(
     `holdout`: (color, shape, motion) combinations kept out of the data: a clip with an object of
     such a combination (any size) is skipped, so the remaining clips keep their names and seeds.
     `workers` > 1 renders and encodes clips in that many processes (the output is identical).
+    `free_motion`: the fraction of clips whose motion text cannot say (diagonal, curved, speeding
+    up, slowing down, stopping half way, crossing): for training box control.
     """
     from tqdm import tqdm
 
@@ -105,6 +109,8 @@ def write_dataset(
         raise DataError(f"frames must be >= 1, got {frames}")
     if not noise >= 0:
         raise DataError(f"noise must be >= 0, got {noise}")
+    if not 0.0 <= free_motion <= 1.0:
+        raise DataError(f"free_motion must be a fraction in [0, 1], got {free_motion}")
     try:
         h, w = _frame_size(size)
     except (TypeError, ValueError) as e:
@@ -127,6 +133,7 @@ def write_dataset(
         "size": [h, w],
         "fps": fps,
         "noise": noise,
+        **({"free_motion": free_motion} if free_motion else {}),
         "holdout": sorted([list(c) for c in held]),
     }
     # the marker goes first so that an interrupted write can be regenerated in place
@@ -136,8 +143,9 @@ def write_dataset(
     captions_tmp = out / "captions.jsonl.tmp"
     scenes_tmp = out / "scenes.jsonl.tmp"
     job = functools.partial(
-        _write_one, out=out, seed=seed, frames=frames, size=(h, w), fps=fps, noise=noise, held=held
-    )
+        _write_one, out=out, seed=seed, frames=frames, size=(h, w), fps=fps, noise=noise, held=held,
+        free_motion=free_motion,
+    )  # fmt: skip
     workers = max(1, min(workers, num))
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     try:
