@@ -33,6 +33,7 @@ SHIPPED = [
     "shapes-t2v-frames-big",
     "shapes-t2v-frames-detail",
     "shapes-t2v-frames-gpu",
+    "shapes-t2v-boxes",
 ]
 
 

@@ -156,6 +156,7 @@ def cache_cmd(
     ),
     batch_size: int = typer.Option(8, help="Clips per VAE call."),
     clips_per_video: int = typer.Option(1, help="Clips cached per video (evenly spaced starts)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Precompute VAE latents (and frozen text embeddings), or with --pixels the decoded clips, so that
     training neither decodes videos nor runs the VAE (train with `--set cache=OUT`)."""
@@ -172,13 +173,15 @@ def cache_cmd(
 
         data_cfg = resolve_train_config(preset, config).data
     if pixels:
-        path = build_pixel_cache(data, out, data=data_cfg, clips_per_video=clips_per_video, workers=workers)
+        path = build_pixel_cache(
+            data, out, data=data_cfg, clips_per_video=clips_per_video, workers=workers, progress=progress
+        )
     else:
         from tubelet.devices import resolve_device
 
         assert model is not None  # checked above: a latent cache needs --model
         path = build_cache(
             data, model, out, data=data_cfg, batch_size=batch_size, clips_per_video=clips_per_video,
-            device=resolve_device(device), workers=workers,
+            device=resolve_device(device), workers=workers, progress=progress,
         )  # fmt: skip
     typer.echo(str(path.resolve()))

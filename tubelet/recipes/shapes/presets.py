@@ -16,6 +16,7 @@ by git), so that the commands of `COMMANDS`, in order, reproduce the embedded de
     runs/shapes-t2v-frames-big/     DiT stage 3: batch 256, GPU       (cache/shapes-frames-20k)
     runs/shapes-t2v-frames-detail/  DiT stage 4: low noise levels     (cache/shapes-frames)
     runs/shapes-t2v-frames-gpu/     DiT stage 5: stage 4's mix at batch 256, GPU (cache/shapes-frames-25k)
+    runs/shapes-t2v-boxes/          box control: a box adapter on stage 5, base frozen (cache/shapes-boxes)
 
 Each DiT stage starts from the previous stage's `runs/<stage>/model` and uses the VAE of
 `runs/shapes-vae-frames/model`. The measurements behind every choice are in
@@ -24,11 +25,13 @@ docs/experiments/shapes-default-model.md; the recipe as a card in docs/model-car
 
 from __future__ import annotations
 
+import dataclasses
+
 from tubelet.data.dataset import Bucket, DataConfig
 from tubelet.diffusion.flow import FlowConfig
 from tubelet.models.dit import DiTConfig
 from tubelet.recipes.shapes.text import SHAPES_TEXT_PRESETS, ShapesTextConfig
-from tubelet.train.config import OptimConfig, SampleConfig, TrainConfig
+from tubelet.train.config import BoxTrainConfig, OptimConfig, SampleConfig, TrainConfig
 
 __all__ = [
     "COMMANDS",
@@ -73,6 +76,8 @@ DATA_25K = "data/shapes-25k"
 CACHE = "cache/shapes-frames"
 CACHE_20K = "cache/shapes-frames-20k"
 CACHE_25K = "cache/shapes-frames-25k"
+DATA_BOXES = "data/shapes-boxes"  # half the clips with motion text cannot say (--free-motion 0.5)
+CACHE_BOXES = "cache/shapes-boxes"
 # the held-out combinations, tubelet/recipes/shapes/suites/shapes-holdout.json (`--holdout NAME`)
 HOLDOUT = "shapes-holdout"
 
@@ -241,6 +246,23 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         log_every=50,
         save_every=1000,
     ),
+    # Box control (issue 17): a BoxAdapter on the stage-5 model, base and text encoder frozen (the
+    # Boximator recipe), on clips of which half move as text cannot say; the boxes come with the
+    # cache. CPU-sized: batch 64.
+    "shapes-t2v-boxes": dataclasses.replace(
+        _dit_stage(
+            "shapes-t2v-boxes",
+            cache=CACHE_BOXES,
+            init_from=model_dir("shapes-t2v-frames-gpu"),
+            data=_clips(64),
+            flow=FlowConfig(caption_dropout=0.1, shift=5.0, logit_std=1.2, shift_mix=[5.0, 1.0]),
+            optim=_cosine(3e-4, 100),
+            max_steps=3000,
+            log_every=50,
+            save_every=500,
+        ),
+        boxes=BoxTrainConfig(),
+    ),
 }
 
 # Every input a stage reads -> the command that makes it (run from the layout's directory).
@@ -251,6 +273,11 @@ STAGE_INPUTS: dict[str, str] = {
     CACHE: _cache_cmd(DATA, CACHE, "--batch-size 16"),
     CACHE_20K: _cache_cmd(DATA_20K, CACHE_20K, "--workers 16 --batch-size 256"),
     CACHE_25K: _cache_cmd(DATA_25K, CACHE_25K, "--workers 16 --batch-size 256"),
+    DATA_BOXES: (
+        f"tubelet data shapes --out {DATA_BOXES} --num 8000 --seed 2000 --frames 16 --workers 2 "
+        f"--holdout {HOLDOUT} --free-motion 0.5"
+    ),
+    CACHE_BOXES: _cache_cmd(DATA_BOXES, CACHE_BOXES, "--batch-size 32"),
     **{model_dir(name): f"tubelet train --preset {name}" for name in TRAIN_PRESETS},
 }
 
@@ -268,6 +295,9 @@ COMMANDS: list[str] = [
     STAGE_INPUTS[DATA_25K],
     STAGE_INPUTS[CACHE_25K],
     "tubelet train --preset shapes-t2v-frames-gpu --set max_steps=2847",
+    STAGE_INPUTS[DATA_BOXES],
+    STAGE_INPUTS[CACHE_BOXES],
+    "tubelet train --preset shapes-t2v-boxes",
 ]
 
 
