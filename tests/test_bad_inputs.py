@@ -292,6 +292,15 @@ CASES = [
     Case("negative-surrogate", G("--negative", "\udcff"), r"negative_prompt is not valid text"),
     Case("prompt-unknown-word", G(prompt="a purple elephant"), r"unknown word 'elephant'"),
     Case("prompt-control-char", G(prompt="a red\x01circle moving right"), r"unknown word"),
+    # ---------------------------------------------------------------- generate: boxes
+    Case("box-no-adapter", G("--box", "0: 0:0.1,0.4,0.3,0.6"), r"this model has no box control"),
+    Case(
+        "box-syntax", G("--box", "0: 0:0.1,0.4"), r"--box 0: keyframe '0:0\.1,0\.4' is not FRAME:x0,y0,x1,y1"
+    ),
+    Case("box-coords", G("--box", "0: 0:0.5,0.4,0.2,0.6"), r"x1=0\.2 must be greater than x0=0\.5"),
+    Case("boxes-file-missing", G("--boxes", "{fx}/nope.json"), r"nope\.json: boxes file not found"),
+    Case("boxes-file-garbage", G("--boxes", "{fx}/text.png"), r"text\.png: not valid JSON"),
+    Case("draw-boxes-alone", G("--draw-boxes"), r"--draw-boxes needs --boxes or --box"),
     # ---------------------------------------------------------------- generate: input files
     Case("image-missing", G("--image", "{fx}/missing.png"), r"missing\.png: file not found"),
     Case("image-folder", G("--image", "{fx}/empty_dir"), r"empty_dir: is a directory"),
@@ -687,6 +696,39 @@ CASES = [
         r"deep\.yaml:1: nested",
     ),
     Case("oracle-captions-surrogate", A("eval", "oracle", "--videos", "{fx}/data/surrogate"), r"surrogate"),
+    Case(
+        "boxes-eval-no-adapter",
+        A("eval", "boxes", "--model", str(default_model_dir()), "--limit", "1", "--out", "{out}/b.json"),
+        r"no box control",
+    ),
+    Case(
+        "boxes-eval-suite-missing",
+        A(
+            "eval",
+            "boxes",
+            "--model",
+            str(default_model_dir()),
+            "--suite",
+            "{fx}/nope.jsonl",
+            "--out",
+            "{out}/b.json",
+        ),
+        r"nope\.jsonl: box suite not found",
+    ),
+    Case(
+        "boxes-eval-suite-garbage",
+        A(
+            "eval",
+            "boxes",
+            "--model",
+            str(default_model_dir()),
+            "--suite",
+            "{fx}/yaml/deep.yaml",
+            "--out",
+            "{out}/b.json",
+        ),
+        r"deep\.yaml:1: nested",
+    ),
     Case("videos-missing", A("eval", "videos", "{fx}/nope", "--out", "{out}/ev"), r"nope: not a directory"),
     Case(
         "videos-unreadable",
