@@ -860,7 +860,8 @@ def test_ctrl_c_is_one_line_and_exit_130(fx: Path, tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         break
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    # 130, or -SIGINT when the interrupt lands while Python is exiting: either way a shell sees 130
+    assert proc.returncode in (130, -signal.SIGINT) and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1] == "interrupted"
     assert not any(tmp_path.iterdir())  # no half-written clip
 
