@@ -347,6 +347,14 @@ def test_box_adapter_trains_on_a_frozen_base_and_generates_with_boxes(box_data: 
         assert all(torch.equal(a[k], b[k]) for k in a), sub
     adapter = load_safetensors(run / "model" / "box_adapter" / "model.safetensors")
     assert adapter["layers.0.gate"].abs().max() > 0  # the gates opened
+    # `tubelet export` of a checkpoint (trainable state only) rebuilds the frozen base from init_from
+    from tubelet.train.trainer import export_checkpoint
+
+    out = export_checkpoint(run, tmp_path / "exported")
+    for sub in ("transformer", "box_adapter"):
+        a = load_safetensors(run / "model" / sub / "model.safetensors")
+        b = load_safetensors(out / sub / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), sub
     pipe = load_pipeline(run / "model")
     assert pipe.has_box_control
     track = {"object": 0, "keyframes": [[0, 0.1, 0.3, 0.4, 0.7], [4, 0.6, 0.3, 0.9, 0.7]]}

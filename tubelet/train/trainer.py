@@ -554,7 +554,10 @@ def export_checkpoint(
             bad = [
                 k for k, v in state.items() if k not in expected or tuple(v.shape) != tuple(expected[k].shape)
             ]
-            missing = sorted(set(expected) - set(state))
+            # frozen parameters (a box adapter's or a LoRA run's base) are not in checkpoints: the
+            # task rebuilt them from the run's config (init_from)
+            frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+            missing = sorted(set(expected) - set(state) - frozen)
             if bad or missing:
                 raise ckpt.CheckpointError(
                     f"{path / 'model.safetensors'}: does not match the run's model (unexpected or mis-shaped "
@@ -569,7 +572,7 @@ def export_checkpoint(
         break
     else:
         raise ckpt.CheckpointError(f"{run}: no intact checkpoint to export ({'; '.join(problems)})")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)  # names and shapes checked above
     model.eval()
     if dtype is not None:
         model.to(dtype)
