@@ -311,9 +311,7 @@ def load_checkpoint(
         model_sd = load_safetensors(path / "model.safetensors")
         ema_file = path / "ema.safetensors"
         ema_sd = load_safetensors(ema_file) if ema_file.is_file() else None
-        rng_file = path / f"rng-rank{info.rank}.safetensors"
-        same_world = state.get("world_size") == info.world_size
-        rng = load_safetensors(rng_file) if rng_file.is_file() and same_world else None
+        rng = _read_rng(path, state, info)
     except ModelLoadError as e:
         raise CheckpointError(str(e)) from None
     optim_sd = _read_optimizer(path)
@@ -348,6 +346,13 @@ def load_checkpoint(
     return state
 
 
+def _read_rng(path: Path, state: dict[str, Any], info: DistInfo) -> dict[str, torch.Tensor] | None:
+    """This rank's torch RNG states, when the checkpoint was saved with the same world size."""
+    rng_file = path / f"rng-rank{info.rank}.safetensors"
+    same_world = state.get("world_size") == info.world_size
+    return load_safetensors(rng_file) if rng_file.is_file() and same_world else None
+
+
 def _load_sharded(
     path: Path,
     state: dict[str, Any],
@@ -366,9 +371,7 @@ def _load_sharded(
     if not (path / SHARDED_DIR / ".metadata").is_file():
         raise CheckpointError(f"{path / SHARDED_DIR}: incomplete (no .metadata)")
     try:
-        rng_file = path / f"rng-rank{info.rank}.safetensors"
-        same_world = state.get("world_size") == info.world_size
-        rng = load_safetensors(rng_file) if rng_file.is_file() and same_world else None
+        rng = _read_rng(path, state, info)
     except ModelLoadError as e:
         raise CheckpointError(str(e)) from None
     frozen = frozen_parameter_names(model)
