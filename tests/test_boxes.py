@@ -110,10 +110,14 @@ def _boxes(batch: int, frames: int) -> Boxes:
     )  # fmt: skip
 
 
+DESIGNS = {"layout": {}, "attention": {"layout": False, "attention": True}, "both": {"attention": True}}
+
+
+@pytest.mark.parametrize("design", list(DESIGNS))
 @pytest.mark.parametrize("patch", [(1, 2, 2), (4, 2, 2)], ids=["wan-layout", "tubelets-of-4"])
-def test_zero_gate_adapter_leaves_the_base_model_unchanged(patch: tuple[int, int, int]) -> None:
+def test_zero_gate_adapter_leaves_the_base_model_unchanged(patch: tuple[int, int, int], design: str) -> None:
     dit = _tiny(patch)
-    model = BoxedDiT(dit, BoxAdapter(BoxAdapterConfig.for_dit(dit.config))).eval()
+    model = BoxedDiT(dit, BoxAdapter(BoxAdapterConfig.for_dit(dit.config, **DESIGNS[design]))).eval()
     x = torch.randn(2, dit.config.in_channels, 8, 8, 8)
     t, ctx = torch.tensor([700.0, 200.0]), torch.randn(2, 5, dit.config.text_dim)
     with torch.no_grad():
@@ -122,23 +126,50 @@ def test_zero_gate_adapter_leaves_the_base_model_unchanged(patch: tuple[int, int
         assert torch.equal(model(x, t, Cond(context=ctx, boxes=_boxes(2, 8))), base)  # gate 0: unchanged
         for layer in model.adapter.layers:
             layer.gate.fill_(0.3)
+        if model.adapter.layout is not None:
+            for proj in model.adapter.layout.proj:
+                proj.weight.normal_(std=0.05)
         moved = model(x, t, Cond(context=ctx, boxes=_boxes(2, 8)))
     assert (moved - base).abs().max() > 1e-3
     with pytest.raises(ValueError, match="has no box or image-embedding conditioning"):
         dit(x, t, Cond(context=ctx, boxes=_boxes(2, 8)))
 
 
-def test_adapter_trains_with_the_base_frozen() -> None:
+@pytest.mark.parametrize("design", list(DESIGNS))
+def test_adapter_trains_with_the_base_frozen(design: str) -> None:
     dit = _tiny()
-    model = BoxedDiT(dit, BoxAdapter(BoxAdapterConfig.for_dit(dit.config)))
+    model = BoxedDiT(dit, BoxAdapter(BoxAdapterConfig.for_dit(dit.config, **DESIGNS[design])))
     dit.requires_grad_(False)
     x = torch.randn(2, dit.config.in_channels, 4, 8, 8)
     cond = Cond(context=torch.randn(2, 5, dit.config.text_dim), boxes=_boxes(2, 4))
     model(x, torch.tensor([500.0, 500.0]), cond).square().mean().backward()
     grads = {n: p.grad for n, p in model.adapter.named_parameters()}
-    assert all(g is not None for g in grads.values())
-    assert grads["layers.0.gate"].abs().sum() > 0  # the gate opens from 0
+    assert grads and all(g is not None for g in grads.values())
+    if model.adapter.layers:
+        assert grads["layers.0.gate"].abs().sum() > 0  # the gate opens from 0
+    if model.adapter.layout is not None:
+        assert grads["layout.proj.0.weight"].abs().sum() > 0  # the zero projections open
     assert all(p.grad is None for p in dit.parameters())
+
+
+def test_box_coverage_is_the_exact_share_of_each_cell() -> None:
+    from tubelet.models.box_adapter import box_coverage
+
+    # (x0, y0, x1, y1) = (0.25, 0.5, 0.625, 1.0) on a 4 x 8 (H x W) grid; the second frame absent
+    c = torch.tensor([[[[0.25, 0.5, 0.625, 1.0], [0.0, 0.0, 1.0, 1.0]]]])
+    cover = box_coverage(Boxes(c, torch.tensor([[[True, False]]]), torch.ones(1, 1, dtype=torch.bool),
+                               torch.zeros(1, 1, dtype=torch.long)), 4, 8)  # fmt: skip
+    assert cover.shape == (1, 1, 2, 4, 8)
+    want = torch.zeros(4, 8)
+    want[2:, 2:5] = 1.0  # columns 2..4 cover x in [0.25, 0.625], rows 2..3 cover y in [0.5, 1]
+    assert torch.allclose(cover[0, 0, 0], want)
+    assert not cover[0, 0, 1].any()  # absent: no coverage
+    # a box inside one cell: the share of that cell, and the area is kept
+    c = torch.tensor([[[[0.3, 0.3, 0.35, 0.4]]]])
+    cover = box_coverage(Boxes(c, torch.ones(1, 1, 1, dtype=torch.bool), torch.ones(1, 1, dtype=torch.bool),
+                               torch.zeros(1, 1, dtype=torch.long)), 10, 10)  # fmt: skip
+    assert torch.isclose(cover.sum() / 100, torch.tensor(0.05 * 0.1))
+    assert cover[0, 0, 0, 3, 3] == cover.max()
 
 
 def test_boxes_batch_with_guidance_and_pad_tracks() -> None:
@@ -346,7 +377,7 @@ def test_box_adapter_trains_on_a_frozen_base_and_generates_with_boxes(box_data: 
         b = load_safetensors(run / "model" / sub / "model.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a), sub
     adapter = load_safetensors(run / "model" / "box_adapter" / "model.safetensors")
-    assert adapter["layers.0.gate"].abs().max() > 0  # the gates opened
+    assert adapter["layout.proj.0.weight"].abs().max() > 0  # the zero projections opened
     # `tubelet export` of a checkpoint (trainable state only) rebuilds the frozen base from init_from
     from tubelet.train.trainer import export_checkpoint
 

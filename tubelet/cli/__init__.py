@@ -26,6 +26,7 @@ from tubelet.cli import (  # noqa: F401  (importing registers the commands)
     eval_sample,
     eval_videos,
     generate,
+    lora,
     train,
 )
 from tubelet.cli.apps import app

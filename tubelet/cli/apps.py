@@ -36,6 +36,12 @@ convert_app = typer.Typer(
     help="Convert external checkpoints (Wan2.1) to tubelet model directories.", no_args_is_help=True
 )
 
+lora_app = typer.Typer(
+    help="LoRA files: merge into a model, convert between formats (diffusers, ComfyUI), inspect.",
+    no_args_is_help=True,
+)
+
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 app.add_typer(convert_app, name="convert")
+app.add_typer(lora_app, name="lora")

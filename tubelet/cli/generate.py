@@ -82,6 +82,11 @@ def generate(
     draw_boxes: bool = typer.Option(
         False, "--draw-boxes", help="Also write OUT.boxes.mp4: the clip with the box tracks drawn on it."
     ),
+    lora: list[str] = typer.Option(
+        [],
+        "--lora",
+        help="A LoRA file or directory, optionally :SCALE (default 1), repeatable: --lora style.safetensors:0.8",
+    ),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1, ..."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -153,10 +158,13 @@ def generate(
         boxes=box_json,
     )
     request.validate()  # everything that needs no model (input files included), before loading one
+    loras = [parse_lora_arg(v) for v in lora]
     path = out if out is not None else Path("outputs") / f"{slugify(prompt)}-{seed}.mp4"
     check_output(path)
 
     pipe = load_pipeline(model, device=device)
+    for file, scale in loras:
+        pipe.load_lora(file, scale)
     result = pipe.generate(
         request, progress=progress, on_note=lambda message: typer.echo(f"note: {message}", err=True)
     )
@@ -171,6 +179,29 @@ def generate(
         write_video(preview, drawn, result.fps, metadata=result.metadata)
         typer.echo(f"boxes drawn: {preview.resolve()}", err=True)
     typer.echo(str(Path(written).resolve()))
+
+
+def parse_lora_arg(value: str) -> tuple[Path, float]:
+    """``FILE[:SCALE]`` -> (path, scale); the file must exist (a colon inside a path is kept)."""
+    import math
+
+    from tubelet.models.lora import LoRAError, lora_path
+
+    file, scale = value, 1.0
+    head, sep, tail = value.rpartition(":")
+    if sep and head:
+        try:
+            scale = float(tail)
+            file = head
+        except ValueError:
+            pass  # no scale: the colon belongs to the path
+    if not math.isfinite(scale):
+        raise LoRAError(f"--lora {value}: the scale must be a finite number")
+    p = Path(file)
+    if not p.exists():
+        raise LoRAError(f"--lora {value}: {p} not found")
+    lora_path(p)  # a directory must hold one LoRA file
+    return p, scale
 
 
 def _read_boxes(file: Path | None, inline: list[str]) -> dict[str, object] | None:

@@ -81,6 +81,7 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "guidance_scale": 5.0,
     "shift": 3.0,
     "sampler": "unipc",
+    "schedule": "diffusers",  # diffusers' flow sigmas at integer timesteps: the same clips as WanPipeline
     "negative_prompt": "",
 }
 

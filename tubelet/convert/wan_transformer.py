@@ -83,6 +83,7 @@ def dit_config_from_diffusers(cfg: dict[str, Any]) -> DiTConfig:
             cross_attn_norm=bool(c["cross_attn_norm"]),
             eps=float(c["eps"]),
             rope_max_seq_len=int(c["rope_max_seq_len"]),
+            text_mask=False,  # Wan attends to the zero-padded text (512 tokens), padding included
         )
     except (ConfigError, TypeError, ValueError) as e:
         raise ConversionError(f"WanTransformer3DModel config cannot be converted: {e}") from None

@@ -46,16 +46,31 @@ Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 _S_MAX_LOG = 1.0 - 1e-6  # s is clamped to this inside log-SNR only (s = 1 has lambda = -inf)
 
 
-def flow_schedule(num_steps: int, shift: float = 1.0) -> torch.Tensor:
-    """Noise levels for `num_steps` steps: (num_steps + 1,) float32 from exactly 1 down to exactly 0.
+SCHEDULES = ("uniform", "diffusers")
 
-    Uniform in s, then shifted with `flow.shift_sigmas` (shift > 1 spends more steps at high noise; use
-    the same shift the model was trained with, e.g. `flow.effective_shift(cfg, num_tokens)`).
+
+def flow_schedule(num_steps: int, shift: float = 1.0, kind: str = "uniform") -> torch.Tensor:
+    """Noise levels for `num_steps` steps: (num_steps + 1,) float32, from 1 down to exactly 0.
+
+    kind "uniform" (tubelet's): uniform in s from exactly 1, then shifted with `flow.shift_sigmas`
+    (shift > 1 spends more steps at high noise; use the shift the model was trained with, e.g.
+    `flow.effective_shift(cfg, num_tokens)`). kind "diffusers": the flow-sigma schedule of diffusers'
+    UniPC / DPM-Solver schedulers, which Wan's pipelines use: uniform from 1 to 1/1000 over
+    num_steps + 1 points without the last, shifted, the first lowered by 1e-6, then 0. With it the
+    model is called at integer timesteps (`make_velocity_fn(integer_timesteps=True)`), as diffusers does.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if not shift > 0:
         raise ValueError(f"shift must be > 0, got {shift}")
+    if kind == "diffusers":
+        s = torch.linspace(1.0, 1.0 / NUM_TRAIN_TIMESTEPS, num_steps + 1, dtype=torch.float64)[:-1]
+        s = shift_sigmas(s, float(shift))
+        if abs(float(s[0]) - 1.0) < 1e-6:
+            s[0] -= 1e-6
+        return torch.cat([s, s.new_zeros(1)]).to(torch.float32)
+    if kind != "uniform":
+        raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
     s = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
     s = shift_sigmas(s, float(shift))
     s[0], s[-1] = 1.0, 0.0
@@ -67,13 +82,17 @@ def flow_schedule(num_steps: int, shift: float = 1.0) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- #
 
 
-def _model_time(s: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
-    """s (float, 0-dim, (B,) or (B, F)) -> model time 1000 * s as float32 (B,) or (B, F)."""
+def _model_time(
+    s: torch.Tensor | float, batch: int, device: torch.device, integer: bool = False
+) -> torch.Tensor:
+    """s (float, 0-dim, (B,) or (B, F)) -> model time 1000 * s as float32 (B,) or (B, F) (floored: `integer`)."""
     s = torch.as_tensor(s, dtype=torch.float32, device=device)
     if s.dim() == 0:
         s = s.expand(batch)
     if s.shape[0] != batch or s.dim() > 2:
         raise ValueError(f"s has shape {tuple(s.shape)}; expected a scalar, (B,) or (B, F) with B={batch}")
+    if integer:  # diffusers' schedulers hand the model int64(1000 * sigma) (computed in float64)
+        return torch.floor(NUM_TRAIN_TIMESTEPS * s.double()).to(torch.float32)
     return NUM_TRAIN_TIMESTEPS * s
 
 
@@ -82,6 +101,7 @@ def make_velocity_fn(
     *,
     guidance_scale: float = 1.0,
     uncond: Cond | None = None,
+    integer_timesteps: bool = False,
 ) -> VelocityFn:
     """Wrap ``model(x, t, cond)`` as ``fn(x, s, cond) -> v`` with classifier-free guidance.
 
@@ -89,7 +109,8 @@ def make_velocity_fn(
     batch 1 or B. With guidance_scale == 1 the model is called once on the conditional batch.
     Otherwise the two passes are batched into ONE call of batch 2B (`Cond.cat`: text zero-padded to
     the same length, padding masked out) and combined as ``v = v_u + g * (v_c - v_u)``. The
-    batched conditioning is built once per `cond` and reused for every step.
+    batched conditioning is built once per `cond` and reused for every step. `integer_timesteps`:
+    the model is called at floor(1000 s), as diffusers' schedulers call it (Wan-compatible sampling).
     """
     g = float(guidance_scale)
     if g == 1.0:
@@ -99,7 +120,7 @@ def make_velocity_fn(
                 raise ValueError("the velocity function needs a Cond")
             if x.shape[0] != cond.batch_size:
                 raise ValueError(f"x has batch {x.shape[0]}; the conditioning has batch {cond.batch_size}")
-            return model(x, _model_time(s, x.shape[0], x.device), cond)
+            return model(x, _model_time(s, x.shape[0], x.device, integer_timesteps), cond)
 
         return fn_single
 
@@ -116,7 +137,7 @@ def make_velocity_fn(
         if cache.get("key") is not cond:
             u = uncond.expand(batch).replace(known=cond.known, known_mask=cond.known_mask)
             cache["key"], cache["both"] = cond, Cond.cat([cond, u])
-        t = _model_time(s, batch, x.device)
+        t = _model_time(s, batch, x.device, integer_timesteps)
         v = model(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), cache["both"])  # (2B, ...)
         v_c, v_u = v.chunk(2, dim=0)
         return v_u + g * (v_c - v_u)

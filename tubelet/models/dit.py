@@ -89,6 +89,10 @@ class DiTConfig:
     # steps 400-500) but alone did not make the sampled motion direction follow the prompt; 4-frame
     # patches did. Starts at zero.
     conv_kernel: int = 0
+    # Whether cross-attention masks the text padding (context_mask). Wan does not: its text is
+    # zero-padded to 512 tokens and every block attends to the embedded padding too, so a converted
+    # Wan model keeps that (False) to make exactly Wan's / diffusers' outputs.
+    text_mask: bool = True
 
     def __post_init__(self) -> None:
         check_model_limits(self)
@@ -145,8 +149,12 @@ class DiTConfig:
 DIT_PRESETS: dict[str, DiTConfig] = {
     "tiny": DiTConfig(dim=64, num_heads=2, num_layers=2, ffn_dim=128, text_dim=32, freq_dim=64),
     "small": DiTConfig(dim=256, num_heads=4, num_layers=6, ffn_dim=1024, text_dim=256),
-    "wan2.1-1.3b": DiTConfig(dim=1536, num_heads=12, num_layers=30, ffn_dim=8960, text_dim=4096),
-    "wan2.1-14b": DiTConfig(dim=5120, num_heads=40, num_layers=40, ffn_dim=13824, text_dim=4096),
+    "wan2.1-1.3b": DiTConfig(
+        dim=1536, num_heads=12, num_layers=30, ffn_dim=8960, text_dim=4096, text_mask=False
+    ),
+    "wan2.1-14b": DiTConfig(
+        dim=5120, num_heads=40, num_layers=40, ffn_dim=13824, text_dim=4096, text_mask=False
+    ),
 }
 
 
@@ -438,7 +446,7 @@ class VideoDiT(nn.Module, PretrainedMixin):
         tokens = self.patch_embed(patches.reshape(b, n, -1).to(dtype))  # (B, N, D)
         state = DiTState(
             context=self.text_embed(context.to(dtype)),  # (B, L, D)
-            context_mask=context_mask,
+            context_mask=context_mask if c.text_mask else None,
             time_mod=time_mod,
             temb=temb,
             rope=self.rope_tables((gf, gh, gw), x.device),

@@ -52,7 +52,7 @@ from tubelet.boxes import tracks_to_dict
 from tubelet.config import config_from_dict, config_to_dict
 from tubelet.core.files import atomic_write_json
 from tubelet.diffusion.cond import Cond
-from tubelet.errors import TubeletError
+from tubelet.errors import ConfigError, TubeletError
 from tubelet.media import unit_to_frames
 from tubelet.models.codec import LatentCodec
 from tubelet.pipelines.inputs import Notes, load_clip, load_image, to_pixels
@@ -74,6 +74,10 @@ class PipelineConfig:
     # Sampling shift override; None (the default): the training objective's own (`flow`: its fixed
     # shift, or the resolution-aware one), so the shift is stored once.
     shift: float | None = None
+    # Noise levels (tubelet.diffusion.sampling.flow_schedule): "uniform" (tubelet's models) or
+    # "diffusers" (diffusers' flow-sigma schedule at integer timesteps: converted Wan models, so
+    # that they make the same clips as diffusers' WanPipeline).
+    schedule: str = "uniform"
     negative_prompt: str = ""
     latents_mean: list[float] | None = None  # None: taken from the VAE config (or identity)
     latents_std: list[float] | None = None
@@ -81,6 +85,14 @@ class PipelineConfig:
     vae_scale_factor_temporal: int = 4
     flow: dict[str, Any] | None = None  # the FlowConfig the model was trained with
     name: str = ""
+
+    def __post_init__(self) -> None:
+        from tubelet.diffusion.sampling import SCHEDULES
+
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"PipelineConfig.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
 
 
 @dataclass
@@ -179,6 +191,7 @@ class TextToVideoPipeline:
         self.codec = LatentCodec(self.vae, mean=self.config.latents_mean, std=self.config.latents_std)
         self.compute_dtype = compute_dtype
         self.source = ""
+        self.loras: list[dict[str, Any]] = []  # the LoRAs applied (load_lora), recorded in outputs
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -297,6 +310,42 @@ class TextToVideoPipeline:
             f"generating {len(job.prompts)} clip(s) of {job.num_frames} frames at {job.height}x{job.width}",
             lower="--frames, --height/--width (or the batch)",
         )
+
+    # ------------------------------------------------------------------ LoRA
+    @property
+    def base_transformer(self) -> Any:
+        """The VideoDiT itself (inside a box-controlled denoiser too): what a LoRA applies to."""
+        from tubelet.models.box_adapter import BoxedDiT
+
+        return self.transformer.dit if isinstance(self.transformer, BoxedDiT) else self.transformer
+
+    def load_lora(self, path: str | Path, scale: float = 1.0, *, name: str | None = None) -> str:
+        """Apply a LoRA (a file in any supported format, or a LoRA directory) times `scale`; returns its name.
+
+        Several LoRAs add up. Outputs record them (metadata "loras"). See `tubelet.models.lora`.
+        """
+        from tubelet.models.lora import load_lora, lora_path
+
+        name = load_lora(self.base_transformer, path, scale=scale, name=name)
+        self.loras.append({"name": name, "file": str(lora_path(path)), "scale": float(scale)})
+        return name
+
+    def unload_lora(self, name: str | None = None) -> None:
+        """Remove LoRA `name` (None: all); the model is exactly as before they were loaded."""
+        from tubelet.models.lora import LoRAError, detach_lora
+
+        if name is not None and name not in {r["name"] for r in self.loras}:
+            raise LoRAError(f"no LoRA named {name!r} is loaded (loaded: {[r['name'] for r in self.loras]})")
+        detach_lora(self.base_transformer, name)
+        self.loras = [r for r in self.loras if name is not None and r["name"] != name]
+
+    def fuse_lora(self) -> None:
+        """Fold the loaded LoRAs into the weights (faster sampling; `unload_lora` can no longer undo them)."""
+        from tubelet.models.lora import merge_lora
+
+        merge_lora(self.base_transformer)
+        for r in self.loras:
+            r["fused"] = True
 
     @property
     def has_box_control(self) -> bool:
@@ -962,8 +1011,11 @@ class TextToVideoPipeline:
         _, _, f, h, w = noise.shape
         p = self.transformer.config.patch_size
         shift = self.shift_for((f // p[0]) * (h // p[1]) * (w // p[2]))
-        sigmas = flow_schedule(job.steps, shift)
-        fn = make_velocity_fn(self._model_fn(), guidance_scale=job.guidance, uncond=uncond)
+        sigmas = flow_schedule(job.steps, shift, self.config.schedule)
+        fn = make_velocity_fn(
+            self._model_fn(), guidance_scale=job.guidance, uncond=uncond,
+            integer_timesteps=self.config.schedule == "diffusers",
+        )  # fmt: skip
         x = noise
         if start is not None:
             x, sigmas = sdedit_start(start, noise, strength, sigmas)
@@ -1060,6 +1112,7 @@ class TextToVideoPipeline:
                 "shift": shift,
                 "fps": cfg.fps,
                 **({"boxes": tracks_to_dict(job.boxes)} if job.boxes else {}),
+                **({"loras": [dict(r) for r in self.loras]} if self.loras else {}),
                 **extra,
                 **job.extra_metadata,
             }

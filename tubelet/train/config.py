@@ -93,6 +93,32 @@ class BoxTrainConfig:
 
 
 @dataclass
+class LoRATrainConfig:
+    """A LoRA fine-tune: low-rank adapters on the DiT (tubelet.models.lora), the base frozen.
+
+    The base model comes from `init_from` (a pipeline directory, e.g. a converted Wan2.1); only the
+    adapters train, and the run exports them as LoRA files (diffusers and ComfyUI formats).
+    """
+
+    rank: int = 32
+    alpha: float | None = None  # scale = alpha / rank; None: alpha = rank
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["attn", "ffn"])  # see tubelet.models.lora
+    blocks: list[int] | None = None  # None: every block
+    # the frozen base's dtype: "auto" = bfloat16 when the run computes in bfloat16 (halves its memory),
+    # else float32; the adapters always train in float32
+    base_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+
+    def __post_init__(self) -> None:
+        self.lora_config()  # checks rank, alpha, dropout, targets, blocks
+
+    def lora_config(self) -> Any:
+        from tubelet.models.lora import LoRAConfig
+
+        return LoRAConfig(self.rank, self.alpha, self.dropout, list(self.targets), self.blocks)
+
+
+@dataclass
 class SampleConfig:
     """Clips written to RUN/samples/ during training and the defaults saved with the final model."""
 
@@ -156,6 +182,7 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive NaN/inf losses before the run stops
     samples: SampleConfig = field(default_factory=SampleConfig)
     boxes: BoxTrainConfig | None = None  # box control training (None: a plain text-to-video run)
+    lora: LoRATrainConfig | None = None  # a LoRA fine-tune of init_from (None: train the weights themselves)
     out_dir: str | None = None  # the run directory when none is given (`tubelet train --out`)
 
     def __post_init__(self) -> None:
@@ -176,6 +203,17 @@ class TrainConfig:
             )
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"TrainConfig.ema_decay must be in (0, 1) or null, got {self.ema_decay}")
+        if self.lora is not None:
+            if self.task != "dit":
+                raise ConfigError("lora: LoRA fine-tunes a DiT (task: dit)")
+            if not self.init_from:
+                raise ConfigError(
+                    "lora: a LoRA fine-tunes a trained model: set init_from to its pipeline directory"
+                )
+            if self.boxes is not None:
+                raise ConfigError(
+                    "lora and boxes in one run are not supported yet: train one, then the other"
+                )
 
 
 def _small_data(frames: int, size: int, batch: int, image_batch: int = 0, workers: int = 0) -> DataConfig:

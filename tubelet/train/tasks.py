@@ -157,6 +157,20 @@ class DiTTask:
             self.model.dit.dit.requires_grad_(False)
             if self.model.text is not None:
                 self.model.text.requires_grad_(False)
+        if cfg.lora is not None:  # a LoRA fine-tune: the base frozen (bf16 when computing in bf16)
+            from tubelet.models.lora import attach_lora
+            from tubelet.train.trainer import autocast_dtype as _autocast_dtype
+
+            self.model.requires_grad_(False)
+            base_dtype = cfg.lora.base_dtype
+            if base_dtype == "auto":
+                base_dtype = "bfloat16" if _autocast_dtype(cfg, device) == torch.bfloat16 else "float32"
+            elif base_dtype == "bfloat16" and _autocast_dtype(cfg, device) != torch.bfloat16:
+                raise ConfigError(
+                    "lora.base_dtype: bfloat16 needs precision: bf16 (the run computes in float32)"
+                )
+            self.model.to(getattr(torch, base_dtype))
+            attach_lora(self.model.dit, cfg.lora.lora_config())  # float32, trainable
         self.model.to(device)
         self.codec = LatentCodec(self.vae)  # encode + the latent normalisation (identity in pixel space)
 
@@ -307,7 +321,10 @@ class DiTTask:
             sampler=self.cfg.samples.sampler,
             flow=dataclasses.asdict(self.cfg.flow),  # sampling takes its shift from here
         )
-        return TextToVideoPipeline(model.dit, text, self.vae, pcfg)
+        dtype = next(model.dit.parameters()).dtype  # a LoRA run's base may be bfloat16
+        return TextToVideoPipeline(
+            model.dit, text, self.vae, pcfg, compute_dtype=dtype if dtype != torch.float32 else None
+        )
 
     def write_samples(self, model: TextToVideoModel, out_dir: Path, step: int) -> list[Path]:
         prompts = self.cfg.samples.prompts
@@ -321,6 +338,10 @@ class DiTTask:
         return paths
 
     def export(self, model: TextToVideoModel, out: Path) -> Path:
+        if self.cfg.lora is not None:  # the adapters only, in the formats the ecosystem loads
+            from tubelet.models.lora import export_lora_dir
+
+            return export_lora_dir(model.dit, out, base=str(self.cfg.init_from), rank=self.cfg.lora.rank)
         pipe = self.pipeline(model)
         pipe.save_pretrained(out, text_encoder_dir=self.text_dir)
         return out
