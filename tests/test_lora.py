@@ -261,3 +261,129 @@ def test_diffusers_load_lora_weights_gives_the_same_output(fmt: str, tmp_path) -
         plain = dit(x, t, Cond(context=ctx))
     assert rel_err(got, plain) > 1e-3  # the LoRA matters
     assert rel_err(got, want) < 1e-5
+
+
+# ----------------------------------------------------------------------------------- runs, pipeline, CLI
+
+
+@pytest.fixture(scope="module")
+def lora_runs(tmp_path_factory):
+    """A tiny base model, a LoRA run on it (4 steps) and the same run stopped at 2 and resumed."""
+    from tubelet.recipes.shapes import write_dataset
+    from tubelet.train.config import resolve_train_config
+    from tubelet.train.trainer import train
+
+    root = tmp_path_factory.mktemp("lora")
+    data = root / "data"
+    write_dataset(data, 6, seed=0, frames=5, size=16, fps=8.0, progress=False)
+    base = root / "base"
+    train(
+        resolve_train_config("tiny", overrides={"max_steps": 2, "save_every": 0}), data, base, progress=False
+    )
+
+    def cfg(steps: int):
+        return resolve_train_config("tiny", overrides={
+            "max_steps": steps, "save_every": 2, "init_from": str(base / "model"), "optim": {"lr": 5e-3},
+            "lora": {"rank": 4, "alpha": 8.0, "targets": ["attn", "ffn"]},
+        })  # fmt: skip
+
+    train(cfg(4), data, root / "straight", progress=False)
+    train(cfg(2), data, root / "resumed", progress=False)
+    train(cfg(4), data, root / "resumed", resume=True, progress=False)
+    return {
+        "root": root,
+        "data": data,
+        "base": base / "model",
+        "run": root / "straight",
+        "resumed": root / "resumed",
+    }
+
+
+def test_a_lora_run_trains_only_the_adapters_and_exports_lora_files(lora_runs) -> None:
+    from tubelet.models.hub import load_safetensors
+    from tubelet.models.lora import COMFYUI_FILE, DIFFUSERS_FILE
+    from tubelet.train import checkpoint as ckpt
+
+    run = lora_runs["run"]
+    out = run / "model"
+    assert sorted(p.name for p in out.iterdir()) == sorted(["config.json", DIFFUSERS_FILE, COMFYUI_FILE])
+    sd = load_file(out / DIFFUSERS_FILE)
+    assert len(sd) == 2 * 2 * 10 and all(k.startswith("transformer.blocks.") for k in sd)
+    assert any(v.abs().max() > 0 for k, v in sd.items() if "lora_B" in k)  # B moved from 0
+    # checkpoints hold the adapters only (the base comes from init_from)
+    state = load_safetensors(ckpt.latest_checkpoint(run) / "model.safetensors")
+    assert state and all(".lora." in k for k in state)
+    # resumed == uninterrupted, bit for bit
+    a = load_file(lora_runs["resumed"] / "model" / DIFFUSERS_FILE)
+    assert a.keys() == sd.keys() and all(torch.equal(a[k], sd[k]) for k in sd)
+    # `tubelet export` of a LoRA run's checkpoint writes the same LoRA directory
+    from tubelet.train.trainer import export_checkpoint
+
+    again = export_checkpoint(run, lora_runs["root"] / "exported")
+    b = load_file(again / DIFFUSERS_FILE)
+    assert all(torch.equal(b[k], sd[k]) for k in sd)
+
+
+def test_pipeline_load_unload_fuse_and_the_cli(lora_runs, tmp_path) -> None:
+    import json as _json
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from tubelet.cli import app
+    from tubelet.pipelines import load_pipeline
+
+    base, lora = lora_runs["base"], lora_runs["run"] / "model"
+    pipe = load_pipeline(base)
+    kw = {"seed": 3, "num_inference_steps": 3, "progress": False}
+    plain = pipe("a red circle moving right", **kw).frames
+    name = pipe.load_lora(lora, scale=1.0)
+    with_lora = pipe("a red circle moving right", **kw)
+    assert not np.array_equal(with_lora.frames, plain)
+    assert with_lora.metadata["loras"] == [
+        {"name": name, "file": str(lora / "pytorch_lora_weights.safetensors"), "scale": 1.0}
+    ]
+    pipe.unload_lora()
+    assert np.array_equal(pipe("a red circle moving right", **kw).frames, plain)
+    with pytest.raises(LoRAError, match="no LoRA named 'x'"):
+        pipe.unload_lora("x")
+
+    runner = CliRunner()
+    merged = tmp_path / "merged"
+    r = runner.invoke(app, ["lora", "merge", str(base), "--lora", f"{lora}:1.0", "--out", str(merged)])
+    assert r.exit_code == 0, r.output
+    assert (merged / "text_encoder").is_dir() and (merged / "config.json").is_file()
+    fused = load_pipeline(merged)("a red circle moving right", **kw).frames
+    # the merged model makes the LoRA's clip (up to float rounding in a few pixels)
+    assert np.abs(fused.astype(int) - with_lora.frames.astype(int)).max() <= 2
+    r = runner.invoke(app, ["lora", "merge", str(base), "--lora", str(lora), "--out", str(merged)])
+    assert r.exit_code != 0 and "exists and is not empty" in str(r.exception or r.output)
+
+    out = tmp_path / "clip.mp4"
+    r = runner.invoke(app, ["generate", "a red circle moving right", "--model", str(base), "--lora", f"{lora}:0.5",
+                            "--steps", "2", "--seed", "1", "--out", str(out), "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    from tubelet.media import sidecar_path
+
+    meta = _json.loads(sidecar_path(out).read_text())
+    assert meta["loras"][0]["scale"] == 0.5
+
+    comfy = tmp_path / "c.safetensors"
+    r = runner.invoke(app, ["lora", "convert", str(lora), str(comfy), "--to", "comfyui"])
+    assert r.exit_code == 0, r.output
+    assert any(k.startswith("diffusion_model.blocks.0.self_attn.q.") for k in load_file(comfy))
+    r = runner.invoke(app, ["lora", "inspect", str(comfy)])
+    assert r.exit_code == 0 and "format: comfyui" in r.output and "ranks: [4]" in r.output
+
+
+def test_lora_run_config_errors(lora_runs) -> None:
+    from tubelet.train.config import resolve_train_config
+
+    with pytest.raises(ConfigError, match="set init_from"):
+        resolve_train_config("tiny", overrides={"lora": {}})
+    with pytest.raises(ConfigError, match="lora.rank"):
+        resolve_train_config("tiny", overrides={"lora": {"rank": 0}, "init_from": str(lora_runs["base"])})
+    with pytest.raises(ConfigError, match="unknown target"):
+        resolve_train_config(
+            "tiny", overrides={"lora": {"targets": ["qkv"]}, "init_from": str(lora_runs["base"])}
+        )

@@ -35,6 +35,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
                 return _convert(arg, value, where)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # `X | None` with a value: X's own error says what is wrong
+            raise ConfigError(errors[0])
         raise ConfigError(f"{where}: {value!r} matches none of {tp}")
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # an annotation: a class, not an instance
         if isinstance(value, tp):
