@@ -145,3 +145,30 @@ def test_two_process_fsdp_sharded_checkpoints_resume_exactly(data: Path, tmp_pat
         a = load_safetensors(straight / "model" / sub / "model.safetensors")
         b = load_safetensors(out / sub / "model.safetensors")
         assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a), sub
+
+
+@pytest.fixture(scope="module")
+def base_model(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("base") / "run"
+    _run(data, out, 1, 4, "--max-steps", "1", "--save-every", "0")
+    return out / "model"
+
+
+def test_two_process_fsdp_lora_run_matches_one(data: Path, base_model: Path, tmp_path: Path) -> None:
+    """A LoRA fine-tune under FSDP2 (frozen sharded base, trained adapters) == one process; bf16 runs too."""
+    lora = ("--set", f"init_from={base_model}", "--set", "lora={rank: 4, alpha: 8}", "--set", "optim.lr=0.01")
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run(data, one, 1, 4, "--max-steps", "3", "--save-every", "0", *lora)
+    _run(data, two, 2, 2, "--max-steps", "3", "--save-every", "0", "--parallel", "fsdp", *lora)
+    a, b = _losses(one), _losses(two)
+    assert all(abs(x - y) <= TOL * max(1.0, abs(x)) for x, y in zip(a, b)), (a, b)
+    wa, wb = _final(one), _final(two)
+    assert wa.keys() == wb.keys() and all(".lora." in k for k in wa)  # the adapters only
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=TOL, rtol=0), k
+    assert (two / "model" / "pytorch_lora_weights.safetensors").is_file()
+    # bf16: the frozen base is stored in bf16, the adapters train in fp32
+    bf16 = tmp_path / "bf16"
+    _run(data, bf16, 2, 2, "--max-steps", "2", "--save-every", "0", "--parallel", "fsdp", *lora,
+         "--set", "precision=bf16")  # fmt: skip
+    assert all(v.dtype == torch.float32 for v in _final(bf16).values())
