@@ -270,7 +270,7 @@ def resolve_train_config(
         _merge(base, _nest(key, value))
     cfg = config_from_dict(TrainConfig, base, where=str(config_file or f"preset {preset}"))
     # Model presets are checked now (a recipe's are found through the registry), not at model build.
-    if cfg.task == "dit" and isinstance(cfg.dit, str):
+    if cfg.task == "dit" and isinstance(cfg.dit, str) and cfg.dit != "init_from":  # see tasks.resolve_from_init
         registry.lookup("dit_preset", cfg.dit)
     if cfg.task == "vae" and isinstance(cfg.vae, str):
         registry.lookup("vae_preset", cfg.vae)
@@ -290,7 +290,8 @@ def resolve_run_paths(
     if run_dir is None and cfg.out_dir is None:
         raise ConfigError("no run directory: give --out DIR (the config names no out_dir)")
     run = Path(run_dir) if run_dir is not None else Path(str(cfg.out_dir))
-    inputs = [("cache", cfg.cache), ("vae_path", cfg.vae_path), ("init_from", cfg.init_from)]
+    vae = cfg.vae_path if cfg.vae_path != "init_from" else None  # init_from's own vae/ (resolve_from_init)
+    inputs = [("cache", cfg.cache), ("vae_path", vae), ("init_from", cfg.init_from)]
     if not cfg.cache:  # a cache replaces the dataset
         inputs.append(("data_dir", str(data) if data is not None else None))
     for name, value in inputs:

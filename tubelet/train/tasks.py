@@ -82,6 +82,36 @@ class TextToVideoModel(nn.Module):
         return self.dit(x, t, cond)
 
 
+def resolve_from_init(cfg: TrainConfig) -> TrainConfig:
+    """`dit`, `text_encoder` and `vae_path` given as ``"init_from"`` name the components of the
+    `init_from` pipeline directory (its transformer's config, its text encoder, its VAE): a
+    fine-tune of a converted Wan2.1 pipeline names the directory once."""
+    names = [n for n in ("dit", "text_encoder", "vae_path") if getattr(cfg, n) == "init_from"]
+    if not names:
+        return cfg
+    if not cfg.init_from:
+        raise ConfigError(f"{names[0]}: init_from names the init_from pipeline directory; set init_from")
+    from tubelet.config import config_to_dict
+    from tubelet.errors import ModelLoadError
+    from tubelet.models.dit import VideoDiT
+
+    d = Path(cfg.init_from)
+    changes: dict[str, Any] = {}
+    for name, sub in (("dit", "transformer"), ("text_encoder", "text_encoder"), ("vae_path", "vae")):
+        if getattr(cfg, name) != "init_from":
+            continue
+        if not (d / sub / "config.json").is_file():
+            raise ConfigError(f"{name}: init_from: {d} has no {sub}/config.json (expected a pipeline directory)")
+        if name == "dit":
+            try:
+                changes[name] = config_to_dict(VideoDiT.config_from_directory(d / sub))
+            except ModelLoadError as e:
+                raise ConfigError(f"dit: init_from: {e}") from None
+        else:
+            changes[name] = str(d / sub)
+    return dataclasses.replace(cfg, **changes)
+
+
 class DiTTask:
     """Rectified-flow training of a VideoDiT (+ byte text encoder) on VAE latents or pixels."""
 
@@ -93,6 +123,7 @@ class DiTTask:
         from tubelet.models.text import build_text_encoder, jointly_trainable, load_text_encoder
         from tubelet.models.vae import CausalVideoVAE
 
+        cfg = resolve_from_init(cfg)
         self.cfg = cfg
         self.device = device
         self.rank, self.world_size = rank, world_size
