@@ -74,7 +74,7 @@ precision: fp32
 data:
   fps: 8
   buckets: [[5, 32, 48, 2]]
-flow: {{shift: 5.0, caption_dropout: 0.0}}
+flow: {{shift: 5.0, caption_dropout: 0.2}}
 optim: {{lr: 0.01, warmup_steps: 1}}
 lora: {{rank: 4, alpha: 4, targets: [attn, ffn]}}
 ema_decay: null
@@ -104,6 +104,8 @@ def test_the_cache_holds_wan_latents_and_umt5_embeddings(setup) -> None:
     shard = load_safetensors(next(setup["cache"].glob("shard-*.safetensors")))
     assert shard["latents"].shape[1:] == (Z_DIM, 2, 4, 6)  # 5 frames, 32 x 48 -> (1 + 4/4, 32/8, 48/8)
     assert shard["context"].shape[-2] == 512  # Wan's zero-padded umT5 text
+    uncond = load_safetensors(setup["cache"] / "uncond.safetensors")  # the empty prompt, for caption dropout
+    assert uncond["context"].shape == (1, 512, shard["context"].shape[-1]) and uncond["mask"].sum() >= 1
 
 
 def test_loss_goes_down_on_a_repeated_batch(setup) -> None:
@@ -133,6 +135,10 @@ def test_loss_goes_down_on_a_repeated_batch(setup) -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0], losses
+    assert task._frozen_text is None  # the cache held every text embedding: umT5 was never loaded
+    # caption dropout reads the cached empty prompt
+    dropped = task._cached_text({**batch}, [""] * len(batch["caption"]))
+    assert torch.equal(dropped[1][0, :512], task.cached_uncond[1][0]) and task._frozen_text is None
 
 
 def test_kill_resume_export_and_generate_in_tubelet_and_diffusers(setup, wan_src, converted) -> None:  # noqa: F811

@@ -9,6 +9,8 @@ training never decodes videos nor runs the VAE each step. Layout of CACHE_DIR::
                               normalises with the VAE's latents_mean/std), float16 or float32
                               "context"/"mask": (N, K, L, D) / (N, K, L) frozen text embeddings of the
                               K captions of each sample, only when the model's text encoder is frozen
+    uncond.safetensors        with those: "context"/"mask" (1, L, D) / (1, L) of the empty prompt (caption
+                              dropout), so that training never loads the frozen text encoder
 
 A pixel cache (`tubelet data cache DIR --pixels --out CACHE_DIR`, `build_pixel_cache`) holds the
 decoded clips instead, for pixel-space models (or for a VAE run) on machines where decoding videos
@@ -128,6 +130,11 @@ def build_cache(
                 tensors.update(_box_tensors(box_rows, ds.buckets[b].frames))
                 save_state_dict(tensors, out / f"shard-{shard:05d}.safetensors")
                 shard += 1
+        if text is not None:  # the empty prompt too: caption dropout then needs no text encoder
+            emb = text.encode([""])
+            save_state_dict(
+                {"context": emb.context.to(dtype).cpu(), "mask": emb.mask.cpu()}, out / "uncond.safetensors"
+            )
         return _finish(
             out, data_dir, cfg, ds, entries, bar, kind="latents", model=str(Path(model_dir).resolve())
         )

@@ -236,6 +236,56 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         save_every=10,
         samples=SampleConfig(every=0, prompts=["a red circle moving right"], steps=4, guidance_scale=1.0),
     ),
+    # Wan2.1-T2V-1.3B fine-tunes (docs/finetune.md). Convert the diffusers checkpoint into
+    # models/wan2.1-t2v-1.3b and cache the dataset's latents + umT5 embeddings into cache/wan-lora
+    # (the error for a missing input names both commands); 81 frames at 480 x 832, 16 fps, bf16,
+    # activation checkpointing. LoRA: rank 32 on attention + FFN, the base frozen in bf16.
+    "wan2.1-1.3b-lora": TrainConfig(
+        task="dit",
+        dit="init_from",
+        text_encoder="init_from",
+        vae_path="init_from",
+        train_text_encoder=False,
+        init_from="models/wan2.1-t2v-1.3b",
+        cache="cache/wan-lora",
+        out_dir="runs/wan2.1-1.3b-lora",
+        data=DataConfig(fps=16.0, buckets=[Bucket(81, 480, 832, 1)], num_workers=2),
+        flow=FlowConfig(shift=3.0, caption_dropout=0.1),
+        optim=OptimConfig(lr=1e-4, warmup_steps=50, weight_decay=0.0),
+        precision="bf16",
+        grad_checkpointing=True,
+        ema_decay=None,
+        max_steps=2000,
+        log_every=10,
+        save_every=250,
+        samples=SampleConfig(
+            every=0, prompts=["a corgi runs along a beach at sunset"], steps=30, guidance_scale=5.0
+        ),
+        lora=LoRATrainConfig(rank=32, alpha=32.0, targets=["attn", "ffn"]),
+    ),
+    # The same data, every weight of the DiT trained (FSDP2 over several GPUs: --parallel fsdp).
+    "wan2.1-1.3b-full": TrainConfig(
+        task="dit",
+        dit="init_from",
+        text_encoder="init_from",
+        vae_path="init_from",
+        train_text_encoder=False,
+        init_from="models/wan2.1-t2v-1.3b",
+        cache="cache/wan-lora",
+        out_dir="runs/wan2.1-1.3b-full",
+        data=DataConfig(fps=16.0, buckets=[Bucket(81, 480, 832, 1)], num_workers=2),
+        flow=FlowConfig(shift=3.0, caption_dropout=0.1),
+        optim=OptimConfig(lr=1e-5, warmup_steps=100, weight_decay=0.01),
+        precision="bf16",
+        grad_checkpointing=True,
+        ema_decay=None,
+        max_steps=2000,
+        log_every=10,
+        save_every=250,
+        samples=SampleConfig(
+            every=0, prompts=["a corgi runs along a beach at sunset"], steps=30, guidance_scale=5.0
+        ),
+    ),
     # A tiny causal VAE run (tests, smoke runs).
     "tiny-vae": TrainConfig(
         task="vae",
@@ -252,7 +302,13 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
 
 # Paths that training presets read -> the command that makes each (registered by recipes with
 # `tubelet.registry.register("stage_input", path, command)`), for the error when one is missing.
-STAGE_INPUTS: dict[str, str] = {}
+STAGE_INPUTS: dict[str, str] = {
+    "models/wan2.1-t2v-1.3b": "tubelet convert wan Wan2.1-T2V-1.3B-Diffusers models/wan2.1-t2v-1.3b",
+    "cache/wan-lora": (
+        "tubelet data cache YOUR_DATASET --model models/wan2.1-t2v-1.3b --preset wan2.1-1.3b-lora "
+        "--out cache/wan-lora"
+    ),
+}
 
 
 def resolve_train_config(
@@ -270,7 +326,9 @@ def resolve_train_config(
         _merge(base, _nest(key, value))
     cfg = config_from_dict(TrainConfig, base, where=str(config_file or f"preset {preset}"))
     # Model presets are checked now (a recipe's are found through the registry), not at model build.
-    if cfg.task == "dit" and isinstance(cfg.dit, str) and cfg.dit != "init_from":  # see tasks.resolve_from_init
+    if (
+        cfg.task == "dit" and isinstance(cfg.dit, str) and cfg.dit != "init_from"
+    ):  # see tasks.resolve_from_init
         registry.lookup("dit_preset", cfg.dit)
     if cfg.task == "vae" and isinstance(cfg.vae, str):
         registry.lookup("vae_preset", cfg.vae)

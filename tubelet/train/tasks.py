@@ -82,6 +82,25 @@ class TextToVideoModel(nn.Module):
         return self.dit(x, t, cond)
 
 
+UNCOND_FILE = "uncond.safetensors"  # in a latent cache: the empty prompt's frozen text embedding
+
+
+def _cached_uncond(cache: str | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(context (1, L, D), mask (1, L)) of the empty prompt stored in a latent cache, if any."""
+    if not cache or not (Path(cache) / UNCOND_FILE).is_file():
+        return None
+    from tubelet.models.hub import load_safetensors
+
+    t = load_safetensors(Path(cache) / UNCOND_FILE)
+    return t["context"], t["mask"].bool()
+
+
+def _is_frozen_encoder_dir(d: Path) -> bool:
+    from tubelet.models.hub import read_config_json
+
+    return read_config_json(d).get("_class") == "HFTextEncoder"  # never trained jointly
+
+
 def resolve_from_init(cfg: TrainConfig) -> TrainConfig:
     """`dit`, `text_encoder` and `vae_path` given as ``"init_from"`` name the components of the
     `init_from` pipeline directory (its transformer's config, its text encoder, its VAE): a
@@ -101,7 +120,9 @@ def resolve_from_init(cfg: TrainConfig) -> TrainConfig:
         if getattr(cfg, name) != "init_from":
             continue
         if not (d / sub / "config.json").is_file():
-            raise ConfigError(f"{name}: init_from: {d} has no {sub}/config.json (expected a pipeline directory)")
+            raise ConfigError(
+                f"{name}: init_from: {d} has no {sub}/config.json (expected a pipeline directory)"
+            )
         if name == "dit":
             try:
                 changes[name] = config_to_dict(VideoDiT.config_from_directory(d / sub))
@@ -137,8 +158,10 @@ class DiTTask:
         # Text encoder: a preset or config mapping (a fresh encoder, trained jointly; `_class` picks
         # the class, recipes' included) or a pretrained dir (frozen unless jointly trainable).
         te = cfg.text_encoder
-        self.frozen_text: Any = None
+        self._frozen_text: Any = None
+        self._frozen_dim: int | None = None
         self.text_dir: Path | None = None
+        self.cached_uncond: tuple[torch.Tensor, torch.Tensor] | None = None
         if isinstance(te, str) and registry.find("text_encoder_preset", te) is None:
             if not Path(te).exists():
                 raise ConfigError(
@@ -146,17 +169,26 @@ class DiTTask:
                     f"{sorted(registry.names('text_encoder_preset'))}"
                 )
             self.text_dir = Path(te)
-            enc = load_text_encoder(te)
+            self.cached_uncond = _cached_uncond(cfg.cache)
+            if self.cached_uncond is not None and _is_frozen_encoder_dir(Path(te)):
+                # a latent cache holds every text embedding training needs (the empty prompt's too):
+                # the (large) frozen encoder is loaded only if samples need it
+                self._frozen_dim = int(self.cached_uncond[0].shape[-1])
+            te = None
+        if isinstance(self.text_dir, Path) and self._frozen_dim is None:
+            enc = load_text_encoder(self.text_dir)
             if jointly_trainable(enc) and cfg.train_text_encoder:
                 text: nn.Module | None = enc
             else:
-                self.frozen_text = enc.to(device).eval().requires_grad_(False)
+                self._frozen_text = enc.to(device).eval().requires_grad_(False)
                 text = None
+        elif self.text_dir is not None:
+            text = None
         else:
             text = build_text_encoder(te)
             if not cfg.train_text_encoder:
                 raise ConfigError("train_text_encoder: false needs text_encoder to be a pretrained directory")
-        text_dim = text.dim if text is not None else self.frozen_text.dim
+        text_dim = text.dim if text is not None else (self._frozen_dim or self.frozen_text.dim)
         dcfg = _preset(cfg.dit, "dit_preset", DiTConfig, "dit")
         if isinstance(cfg.dit, str):  # a preset adapts to the latent channels and text width
             dcfg = dataclasses.replace(dcfg, in_channels=channels, out_channels=channels, text_dim=text_dim)
@@ -205,6 +237,15 @@ class DiTTask:
         self.model.to(device)
         self.codec = LatentCodec(self.vae)  # encode + the latent normalisation (identity in pixel space)
 
+    @property
+    def frozen_text(self) -> Any:
+        """The frozen pretrained text encoder (loaded on first use when a cache made it unnecessary)."""
+        if self._frozen_text is None and self.text_dir is not None and self._frozen_dim is not None:
+            from tubelet.models.text import load_text_encoder
+
+            self._frozen_text = load_text_encoder(self.text_dir).to(self.device).eval().requires_grad_(False)
+        return self._frozen_text
+
     def _init_from(self, d: Path) -> None:
         tdir = d / "transformer" if (d / "transformer").is_dir() else d
         base = self.model.dit.dit if self.cfg.boxes is not None else self.model.dit
@@ -240,7 +281,11 @@ class DiTTask:
         mask = batch["mask"].to(self.device)  # (B, L)
         dropped = [i for i, c in enumerate(captions) if c == "" and batch["caption"][i] != ""]
         if dropped:
-            u_ctx, u_mask = self.encode_text([""])
+            if self.cached_uncond is not None:  # the empty prompt's embedding, cached with the latents
+                u_ctx, u_mask = (t.to(self.device) for t in self.cached_uncond)
+                u_ctx = u_ctx.float()
+            else:
+                u_ctx, u_mask = self.encode_text([""])
             n = min(u_ctx.shape[1], ctx.shape[1])
             for i in dropped:
                 ctx[i].zero_()
