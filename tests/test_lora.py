@@ -381,7 +381,7 @@ def test_lora_run_config_errors(lora_runs) -> None:
 
     with pytest.raises(ConfigError, match="set init_from"):
         resolve_train_config("tiny", overrides={"lora": {}})
-    with pytest.raises(ConfigError, match="lora.rank"):
+    with pytest.raises(ConfigError, match=r"lora\.rank"):
         resolve_train_config("tiny", overrides={"lora": {"rank": 0}, "init_from": str(lora_runs["base"])})
     with pytest.raises(ConfigError, match="unknown target"):
         resolve_train_config(
