@@ -42,3 +42,8 @@ class DataError(TubeletError):
 
 class RecipeError(TubeletError):
     """An installed recipe (entry point group `tubelet.recipes`) cannot register its parts."""
+
+
+class TrainingError(TubeletError):
+    """The run cannot go on (e.g. repeated NaN losses, a bucket that will not fit); the last good
+    checkpoint is intact."""

@@ -293,9 +293,11 @@ class BucketLoader(torch.utils.data.DataLoader):
         self._bucket_sampler.set_epoch(epoch)
 
     def state_dict(self) -> dict[str, Any]:
-        """Sampler state counting only the batches this loader handed out."""
+        """Sampler state counting only the batches this loader handed out (or, when the sampler was
+        repositioned since the last iteration, where it was put)."""
         state = self._bucket_sampler.state_dict()
-        state.update(epoch=self._epoch, position=self._delivered)
+        if self._bucket_sampler.version == self._synced_version:
+            state.update(epoch=self._epoch, position=self._delivered)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -160,8 +160,8 @@ class BoxLayout(nn.Module):
         self.patch_embed = nn.Linear(r * math.prod(cfg.patch_size), cfg.layout_dim)
         self.proj = nn.ModuleList(nn.Linear(cfg.layout_dim, cfg.dim) for _ in range(cfg.num_layers))
         for p in self.proj:  # zero at init: the base model's output, exactly
-            nn.init.zeros_(p.weight)
-            nn.init.zeros_(p.bias)
+            nn.init.zeros_(cast(nn.Linear, p).weight)
+            nn.init.zeros_(cast(nn.Linear, p).bias)
 
     def forward(self, boxes: Boxes, shape: tuple[int, int, int]) -> Tensor:
         """boxes over (F', H, W) latents -> (B, F'H'W' / prod(patch), layout_dim) in token order."""

@@ -40,10 +40,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -283,14 +283,14 @@ class LoRASlot(nn.Module):
     def add(self, adapter: str, index: int, part: LoRAPart) -> None:
         if adapter not in self.adapters:
             self.adapters[adapter] = nn.ModuleDict()
-        self.adapters[adapter][str(index)] = part
+        cast(nn.ModuleDict, self.adapters[adapter])[str(index)] = part
 
     def forward(self, x: Tensor) -> Tensor | None:
         pieces: list[Tensor | None] = [None] * self.slices
         for parts in self.adapters.values():
-            for key, part in parts.items():
+            for key, part in cast(nn.ModuleDict, parts).items():
                 i = int(key)
-                d = part(x)
+                d = cast(LoRAPart, part)(x)
                 pieces[i] = d if pieces[i] is None else pieces[i] + d
         if all(p is None for p in pieces):
             return None
@@ -302,7 +302,7 @@ class LoRASlot(nn.Module):
 
 
 def _lora_hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
-    slot = module.lora
+    slot = cast(LoRASlot, module.lora)
     if not slot.enabled:
         return output
     delta = slot(args[0])
@@ -362,7 +362,7 @@ def attach_lora(model: nn.Module, config: LoRAConfig, name: str = "default") -> 
         path, idx, slices = _layer(model, ln)
         linear = _linear_of(model, path)
         slot = _slot(linear, slices)
-        if name in slot.adapters and str(idx) in slot.adapters[name]:
+        if name in slot.adapters and str(idx) in cast(nn.ModuleDict, slot.adapters[name]):
             raise LoRAError(f"{ln} already has an adapter named {name!r}")
         part = LoRAPart(linear.in_features, slot.rows, config.rank, config.scale, config.dropout)
         part.to(device=linear.weight.device)
@@ -373,7 +373,7 @@ def attach_lora(model: nn.Module, config: LoRAConfig, name: str = "default") -> 
 
 def _slots(model: nn.Module) -> list[tuple[str, nn.Linear, LoRASlot]]:
     return [
-        (path, m, m.lora)
+        (path, m, cast(LoRASlot, m.lora))
         for path, m in model.named_modules()
         if isinstance(m, nn.Linear) and isinstance(getattr(m, "lora", None), LoRASlot)
     ]
@@ -391,7 +391,7 @@ def detach_lora(model: nn.Module, name: str | None = None) -> None:
             if name is None or a == name:
                 del slot.adapters[a]
         if not slot.adapters:
-            linear._lora_handle.remove()  # type: ignore[operator]
+            cast(Any, linear)._lora_handle.remove()
             del linear._lora_handle
             del linear.lora
 
@@ -404,9 +404,9 @@ def merge_lora(model: nn.Module, name: str | None = None) -> None:
         for a, parts in list(slot.adapters.items()):
             if name is not None and a != name:
                 continue
-            for key, part in parts.items():
+            for key, part in cast(nn.ModuleDict, parts).items():
                 i = int(key)
-                dw, db = part.delta_weight()
+                dw, db = cast(LoRAPart, part).delta_weight()
                 w = linear.weight[i * rows : (i + 1) * rows]
                 if dw is not None:
                     w.copy_((w.float() + dw.to(w.device)).to(w.dtype))
@@ -442,9 +442,9 @@ def lora_state(model: nn.Module, name: str = "default") -> dict[str, LoRAPart]:
     """Adapter `name` of `model` by logical layer name (``blocks.0.self_attn.q`` ...)."""
     out: dict[str, LoRAPart] = {}
     for path, _, slot in _slots(model):
-        parts = slot.adapters[name] if name in slot.adapters else {}
+        parts = cast(nn.ModuleDict, slot.adapters[name]) if name in slot.adapters else nn.ModuleDict()
         for key, part in parts.items():
-            out[_logical_of(model, path, int(key))] = part
+            out[_logical_of(model, path, int(key))] = cast(LoRAPart, part)
     return out
 
 
@@ -710,16 +710,16 @@ def load_lora(model: nn.Module, path: str | Path, *, scale: float = 1.0, name: s
         rows, cols = linear.out_features // slices, linear.in_features
         rank = t["A"].shape[0] if "A" in t else 0
         want = {"A": (rank, cols), "B": (rows, rank), "diff": (rows, cols), "diff_b": (rows,), "alpha": ()}
-        for k, v in t.items():
-            if k == "alpha":
+        for field_, v in t.items():
+            if field_ == "alpha":
                 if v.numel() != 1:
                     raise LoRAError(
                         f"{path}: layer {logical}: alpha must be one number, got shape {tuple(v.shape)}"
                     )
                 continue
-            if tuple(v.shape) != want[k]:
+            if tuple(v.shape) != want[field_]:
                 raise LoRAError(
-                    f"{path}: layer {logical}: {k} has shape {tuple(v.shape)}, this model needs {want[k]}"
+                    f"{path}: layer {logical}: {field_} has shape {tuple(v.shape)}, this model needs {want[field_]}"
                 )
         alpha = float(t["alpha"].reshape(())) if "alpha" in t else float(rank or 1)
         factor = scale * (alpha / rank if rank else 1.0)
@@ -742,7 +742,7 @@ def load_lora(model: nn.Module, path: str | Path, *, scale: float = 1.0, name: s
 
 def merge_lora_dir(
     model_dir: str | Path,
-    loras: list[tuple[str | Path, float]],
+    loras: Sequence[tuple[str | Path, float]],
     out: str | Path,
     *,
     log: Any = None,

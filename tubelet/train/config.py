@@ -171,6 +171,10 @@ class TrainConfig:
     # (on a GPU, drawing a batch of noise on the host and copying it costs more than the step);
     # "cpu" = always on the host. Checkpoints resume on the same kind of device.
     rng_device: Literal["auto", "cpu"] = "auto"
+    # A trial step per frame bucket before the first real one, so a bucket that will not fit is named
+    # up front instead of an out-of-memory crash at the step that first draws it (train/memprobe.py):
+    # "auto" = on CUDA, "on" = also on the CPU, "off".
+    memory_check: Literal["auto", "on", "off"] = "auto"
     # ---- bookkeeping
     log_every: int = 10
     save_every: int = 500

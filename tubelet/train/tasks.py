@@ -371,8 +371,8 @@ class DiTTask:
         sparse |= at_start  # a track keeps its first box
         present &= torch.where(first_only[:, :, None], at_start, sparse)
         soft = u_soft[:, :n] < bc.p_soft
-        if soft.any():  # soft: the box grows towards the frame edges by a random fraction per side
-            gw = grow[:, :n]  # (B, N, 4)
+        if soft.any():  # soft: the box grows towards the frame edges by a random fraction per side,
+            gw = grow[:, :n] ** 2  # (B, N, 4); squared: tight regions as often as loose ones
             lo_xy, hi_xy = boxes[..., :2], boxes[..., 2:]
             grown = torch.cat(
                 [lo_xy * (1 - gw[:, :, None, :2]), hi_xy + (1 - hi_xy) * gw[:, :, None, 2:]], -1

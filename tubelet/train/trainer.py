@@ -41,7 +41,7 @@ from torch import nn
 from tubelet.config import config_to_dict
 from tubelet.core.files import atomic_write_json, check_output_location
 from tubelet.data.loader import Batch
-from tubelet.errors import TubeletError
+from tubelet.errors import TrainingError, TubeletError
 from tubelet.train import checkpoint as ckpt
 from tubelet.train.config import TrainConfig
 from tubelet.train.ema import EMA
@@ -49,10 +49,6 @@ from tubelet.train.parallel import DistInfo, all_reduce_mean, apply_parallelism,
 from tubelet.train.tasks import build_task
 
 log = logging.getLogger("tubelet.train")
-
-
-class TrainingError(TubeletError):
-    """The run cannot go on (e.g. repeated NaN losses); the last good checkpoint is intact."""
 
 
 @dataclass
@@ -335,6 +331,8 @@ def train(
         )  # fmt: skip
 
     amp = autocast_dtype(cfg, device)
+    if cfg.memory_check == "on" or (cfg.memory_check == "auto" and device.type == "cuda"):
+        _check_buckets(cfg, task, wrapped, batches, params, amp, device, gen_device)
     writer = _metrics_writer(run, info)
     metrics = open(run / "metrics.jsonl", "a", encoding="utf-8") if info.is_main else None
     bar = None
@@ -457,6 +455,33 @@ def train(
     if info.is_main and skipped:
         log.warning("%d unreadable file(s) were skipped during training", skipped)
     return RunResult(run, step, model_dir, bad_total, int(skipped))
+
+
+def _check_buckets(
+    cfg: TrainConfig, task: Any, wrapped: nn.Module, batches: Any, params: list[nn.Parameter],
+    amp: torch.dtype | None, device: torch.device, gen_device: torch.device,
+) -> None:  # fmt: skip
+    """One trial step per bucket (train/memprobe.py); the data position and every RNG left as they were."""
+    from tubelet.train.memprobe import probe_buckets, synthetic_batch
+
+    position = batches.state_dict()
+    template = next(batches)  # a real batch: its captions / text embeddings, its tensor kinds
+    batches.load_state_dict(position)
+
+    def trial(batch: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss, _ = task.loss(wrapped, batch, gen)
+        return loss
+
+    def local(p: torch.Tensor) -> int:  # an FSDP2 parameter holds its shard only
+        t = p.to_local() if hasattr(p, "to_local") else p
+        return t.numel() * t.element_size()
+
+    with _no_grad_sync(wrapped, True):
+        probe_buckets(
+            trial, wrapped, cfg.data.bucket_list, lambda b: synthetic_batch(template, b, getattr(task, "codec", None)), device,
+            optimizer_bytes=2 * sum(local(p) for p in params), generator_device=gen_device,
+        )  # fmt: skip
 
 
 def _eval_model(twin: nn.Module, wrapped: nn.Module, ema: EMA | None, info: DistInfo) -> nn.Module | None:
