@@ -162,3 +162,29 @@ def test_synthetic_batch_follows_the_template() -> None:
     assert b["latents"].shape == (3, 16, 21, 60, 104) and b["latents"].dtype == torch.float16
     assert b["context"].shape == (3, 7, 32) and torch.equal(b["context"][2], template["context"][0])
     assert b["caption"] == ["x", "y", "x"]
+
+
+def test_bucket_shapes_the_vae_cannot_take_are_named_with_the_nearest_that_work() -> None:
+    from tubelet.errors import ConfigError
+    from tubelet.train.tasks import check_bucket_shapes
+
+    class WanLike:  # Wan's VAE: 4x in time (causal), 8x in space
+        temporal_factor, spatial_factor = 4, 8
+
+        @staticmethod
+        def latent_frames(t: int) -> int:
+            return 1 + (t - 1) // 4
+
+    check_bucket_shapes(
+        [Bucket(81, 480, 832, 1), Bucket(33, 480, 832, 1), Bucket(1, 480, 832, 4)], WanLike(), (1, 2, 2)
+    )
+    with pytest.raises(
+        ConfigError, match=r"data.buckets\[1\] \(80x480x832\): frames must be 1 \+ 4k.*nearest: 77 or 81"
+    ):
+        check_bucket_shapes([Bucket(81, 480, 832, 1), Bucket(80, 480, 832, 1)], WanLike(), (1, 2, 2))
+    with pytest.raises(ConfigError, match=r"width must be a multiple of 16; nearest: 816 or 832"):
+        check_bucket_shapes([Bucket(81, 480, 830, 1)], WanLike(), (1, 2, 2))
+    with pytest.raises(
+        ConfigError, match=r"multiple of 4 latent frames.*nearest: 13 or 29"
+    ):  # patch 4 in time
+        check_bucket_shapes([Bucket(16, 64, 64, 1)], WanLike(), (4, 2, 2))

@@ -236,6 +236,7 @@ class DiTTask:
             attach_lora(self.model.dit, cfg.lora.lora_config())  # float32, trainable
         self.model.to(device)
         self.codec = LatentCodec(self.vae)  # encode + the latent normalisation (identity in pixel space)
+        check_bucket_shapes(cfg.data.bucket_list, self.codec, tuple(self.model.dit.config.patch_size))
 
     @property
     def frozen_text(self) -> Any:
@@ -521,6 +522,35 @@ class VAETask:
 
 # fp32 weights + gradients + AdamW's two moments + the EMA copy, per trained parameter
 BYTES_PER_TRAINED_PARAM = 20
+
+
+def check_bucket_shapes(buckets: list[Any], codec: Any, patch: tuple[int, ...]) -> None:
+    """ConfigError naming the first bucket whose clips the VAE and the DiT's patches cannot take
+    (frames 1 + tf*k with a whole number of temporal patches; sizes in whole spatial patches), with
+    the nearest shapes that work."""
+    tf, sf = codec.temporal_factor, codec.spatial_factor
+    pt, ph, pw = patch
+    for i, b in enumerate(buckets):
+        where = f"data.buckets[{i}] ({b.frames}x{b.height}x{b.width})"
+        frames_ok = (b.frames - 1) % tf == 0 and codec.latent_frames(b.frames) % pt == 0
+        if not frames_ok:
+            good = [
+                f
+                for f in range(1, 4 * b.frames + 8)
+                if (f - 1) % tf == 0 and codec.latent_frames(f) % pt == 0
+            ]
+            near = sorted(good, key=lambda f: (abs(f - b.frames), f))[:2]
+            raise ConfigError(
+                f"{where}: frames must be 1 + {tf}k with a multiple of {pt} latent frames for this VAE and DiT; "
+                f"nearest: {' or '.join(str(f) for f in sorted(near))}"
+            )
+        for name, size, p in (("height", b.height, ph), ("width", b.width, pw)):
+            step = sf * p
+            if size % step:
+                lo = max(step, size // step * step)
+                raise ConfigError(
+                    f"{where}: {name} must be a multiple of {step}; nearest: {lo} or {lo + step}"
+                )
 
 
 def check_training_memory(build: Any, device: torch.device, key: str, *, extra_params: int = 0) -> None:
