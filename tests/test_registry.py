@@ -34,6 +34,7 @@ SHIPPED = [
     "shapes-t2v-frames-detail",
     "shapes-t2v-frames-gpu",
     "shapes-t2v-boxes",
+    "shapes-t2v-boxes-joint",
 ]
 
 
@@ -70,7 +71,13 @@ def test_a_fresh_process_loads_the_default_models_text_encoder_through_the_entry
 
 def test_lookups_and_listings_include_the_recipe() -> None:
     assert registry.load_recipes() == ["shapes"] == registry.load_recipes()  # once, then cached
-    assert registry.names("train_preset") == ["tiny", "tiny-vae", *SHIPPED]
+    assert registry.names("train_preset") == [
+        "tiny",
+        "wan2.1-1.3b-lora",
+        "wan2.1-1.3b-full",
+        "tiny-vae",
+        *SHIPPED,
+    ]
     with pytest.raises(
         ConfigError, match=r"unknown training preset 'nope'; available: \[.*'shapes-t2v-frames'.*'tiny'"
     ):

@@ -19,6 +19,7 @@ import sys
 from tubelet.cli import (  # noqa: F401  (importing registers the commands)
     convert,
     data_check,
+    data_prepare,
     data_shapes,
     demo,
     eval_boxes,
