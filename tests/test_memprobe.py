@@ -21,15 +21,6 @@ BUCKETS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tubelet.recipes.shapes import write_dataset
-
-    out = tmp_path_factory.mktemp("shapes") / "data"
-    write_dataset(out, 8, seed=0, frames=5, size=16, fps=8.0, progress=False)
-    return out
-
-
 def tiny(**overrides: object) -> TrainConfig:
     base: dict[str, object] = {"max_steps": 4, "save_every": 2, "data": {"fps": 8.0, "buckets": BUCKETS}}
     return resolve_train_config("tiny", overrides={**base, **overrides})

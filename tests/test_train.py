@@ -22,15 +22,6 @@ from tubelet.train.trainer import TrainingError, lr_at, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tubelet.recipes.shapes import write_dataset
-
-    out = tmp_path_factory.mktemp("shapes") / "data"
-    write_dataset(out, 8, seed=0, frames=5, size=16, fps=8.0, progress=False)
-    return out
-
-
 def tiny(**overrides: object) -> TrainConfig:
     return resolve_train_config("tiny", overrides=dict(overrides))
 
