@@ -33,6 +33,7 @@ format: install
 	$(BIN)/ruff format .
 
 test: install lint typecheck
+	-.ci/install-browser
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -28,6 +28,7 @@ from tubelet.cli import (  # noqa: F401  (importing registers the commands)
     eval_videos,
     generate,
     lora,
+    serve,
     train,
 )
 from tubelet.cli.apps import app

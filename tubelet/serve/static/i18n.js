@@ -1,0 +1,43 @@
+// UI strings of the tubelet page: English and Chinese. The page follows the browser's language
+// (navigator.language) unless the header's toggle picked one (kept in localStorage).
+"use strict";
+window.TUBELET_STRINGS = {
+  en: {
+    token_label: "This server needs a token", token_save: "Use token",
+    prompt: "Prompt", prompt_placeholder: "a big red circle moving right on a white background",
+    task: "Task", image: "First frame", last_image: "Last frame", video: "Clip", video_b: "Second clip",
+    backward: "Generate what came before", strength: "Strength (0 keeps, 1 ignores the clip)",
+    boxes: "Boxes: where each object goes", box_object: "Object", box_frame: "Frame", box_mode: "Mode",
+    first: "first", last: "last", hard: "hard", soft: "soft", box_clear: "Clear boxes",
+    box_help: "Drag on the canvas to draw the object's box on the chosen frame.",
+    advanced: "Advanced settings", negative: "Negative prompt", frames: "Frames", height: "Height",
+    width: "Width", steps: "Steps", guidance: "Guidance (1 = off)", seed: "Seed (empty = random)",
+    sampler: "Sampler", generate: "Generate", queue: "Queue", queue_empty: "Nothing is waiting.",
+    gallery: "Gallery", gallery_empty: "Finished clips appear here.",
+    cancel: "Cancel", remove: "Remove", use_settings: "Use these settings", download: "Download",
+    queued: "queued", in_progress: "running", completed: "done", failed: "failed", cancelled: "cancelled",
+    position: "position", eta: "about {s} s left", step: "step {a} of {b}", loading: "loading the model…",
+    ready: "ready", offline: "server not reachable", cancelling: "stopping…",
+    t2v: "text to video", i2v: "image to video", extend: "extend a clip", loop: "loop",
+    connect: "connect two clips", edit: "edit a clip", seed_label: "seed",
+  },
+  zh: {
+    token_label: "此服务器需要令牌", token_save: "使用令牌",
+    prompt: "提示词", prompt_placeholder: "白色背景上一个向右移动的大红圆",
+    task: "任务", image: "首帧", last_image: "尾帧", video: "视频片段", video_b: "第二个片段",
+    backward: "生成之前的内容", strength: "强度（0 保留原片，1 忽略原片）",
+    boxes: "框：每个物体的位置", box_object: "物体", box_frame: "帧", box_mode: "模式",
+    first: "首帧", last: "尾帧", hard: "硬框", soft: "软框", box_clear: "清除所有框",
+    box_help: "在画布上拖动，为所选帧画出物体的框。",
+    advanced: "高级设置", negative: "反向提示词", frames: "帧数", height: "高度",
+    width: "宽度", steps: "采样步数", guidance: "引导强度（1 = 关闭）", seed: "随机种子（留空 = 随机）",
+    sampler: "采样器", generate: "生成", queue: "队列", queue_empty: "没有等待中的任务。",
+    gallery: "作品", gallery_empty: "完成的视频会显示在这里。",
+    cancel: "取消", remove: "删除", use_settings: "使用这些设置", download: "下载",
+    queued: "排队中", in_progress: "生成中", completed: "完成", failed: "失败", cancelled: "已取消",
+    position: "位置", eta: "约剩 {s} 秒", step: "第 {a}/{b} 步", loading: "正在加载模型…",
+    ready: "就绪", offline: "无法连接服务器", cancelling: "正在停止…",
+    t2v: "文生视频", i2v: "图生视频", extend: "延长视频", loop: "循环视频",
+    connect: "连接两个片段", edit: "编辑视频", seed_label: "种子",
+  },
+};
