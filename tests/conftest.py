@@ -21,3 +21,48 @@ def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("shapes") / "data"
     write_dataset(out, 8, seed=0, frames=5, size=16, fps=8.0, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random pipeline (DiT + byte text encoder + VAE), 9 frames of 32x32, 2 steps, saved as
+    RUN/model (so its parent also reads as a training run)."""
+    import torch
+
+    from tubelet.models.dit import DIT_PRESETS, VideoDiT
+    from tubelet.models.text import BYTE_TEXT_PRESETS, ByteTextEncoder
+    from tubelet.models.vae import VAE_PRESETS, CausalVideoVAE
+    from tubelet.pipelines import PipelineConfig, TextToVideoPipeline
+
+    torch.manual_seed(0)
+    dit = VideoDiT(DIT_PRESETS["tiny"])
+    dit.init_weights(zero_head=False)  # a fresh Wan DiT predicts zero velocity; tests need a real one
+    pipe = TextToVideoPipeline(
+        dit,
+        ByteTextEncoder(BYTE_TEXT_PRESETS["tiny"]),
+        CausalVideoVAE(VAE_PRESETS["tiny"]),
+        PipelineConfig(height=32, width=32, num_frames=9, num_inference_steps=2, guidance_scale=2.0),
+    )
+    return pipe.save_pretrained(tmp_path_factory.mktemp("model") / "run" / "model")
+
+
+@pytest.fixture(scope="module")
+def box_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded model with an (untrained, zero-gate) box adapter, saved as a pipeline directory."""
+    from tubelet.models.box_adapter import BoxAdapter, BoxAdapterConfig, BoxedDiT
+    from tubelet.pipelines import load_pipeline
+
+    pipe = load_pipeline()
+    pipe.transformer = BoxedDiT(
+        pipe.transformer, BoxAdapter(BoxAdapterConfig.for_dit(pipe.transformer.config))
+    )
+    return pipe.save_pretrained(tmp_path_factory.mktemp("box") / "model")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

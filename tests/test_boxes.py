@@ -194,18 +194,6 @@ def test_adapter_must_fit_its_dit() -> None:
 # ------------------------------------------------------------------------------------------- pipeline
 
 
-@pytest.fixture(scope="module")
-def box_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded model with an (untrained, zero-gate) box adapter, saved as a pipeline directory."""
-    from tubelet.pipelines import load_pipeline
-
-    pipe = load_pipeline()
-    pipe.transformer = BoxedDiT(
-        pipe.transformer, BoxAdapter(BoxAdapterConfig.for_dit(pipe.transformer.config))
-    )
-    return pipe.save_pretrained(tmp_path_factory.mktemp("box") / "model")
-
-
 def test_pipeline_with_an_adapter_saves_loads_and_follows_the_request(box_model: Path) -> None:
     from tubelet.pipelines import GenerationRequest, load_pipeline
 

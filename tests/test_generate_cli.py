@@ -28,25 +28,6 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tubelet.models.dit import DIT_PRESETS, VideoDiT
-    from tubelet.models.text import BYTE_TEXT_PRESETS, ByteTextEncoder
-    from tubelet.models.vae import VAE_PRESETS, CausalVideoVAE
-    from tubelet.pipelines import PipelineConfig, TextToVideoPipeline
-
-    torch.manual_seed(0)
-    dit = VideoDiT(DIT_PRESETS["tiny"])
-    dit.init_weights(zero_head=False)  # a fresh Wan DiT predicts zero velocity; tests need a real one
-    pipe = TextToVideoPipeline(
-        dit,
-        ByteTextEncoder(BYTE_TEXT_PRESETS["tiny"]),
-        CausalVideoVAE(VAE_PRESETS["tiny"]),
-        PipelineConfig(height=32, width=32, num_frames=9, num_inference_steps=2, guidance_scale=2.0),
-    )
-    return pipe.save_pretrained(tmp_path_factory.mktemp("model") / "run" / "model")
-
-
-@pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (9, 32, 32, 3)).astype(np.uint8)
@@ -72,10 +53,10 @@ def run_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
 
 
 def test_generate_text_to_video_default_name_and_determinism(
-    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    out = run_ok("generate", PROMPT, "--model", str(model_dir), "--seed", "7", "--no-progress")
+    out = run_ok("generate", PROMPT, "--model", str(tiny_model_dir), "--seed", "7", "--no-progress")
     path = Path(out.strip().splitlines()[-1])
     assert path == (tmp_path / "outputs" / "a-red-circle-moving-right-7.mp4").resolve()
     meta = read_metadata(path)
@@ -86,7 +67,7 @@ def test_generate_text_to_video_default_name_and_determinism(
     # kernels: oneDNN's threaded kernels are not always bit-reproducible between processes on a
     # loaded machine (seen here: a few pixels one level apart), so compare within a level on average.
     clips = []
-    for name, model in (("a.mp4", model_dir), ("b.mp4", model_dir.parent)):
+    for name, model in (("a.mp4", tiny_model_dir), ("b.mp4", tiny_model_dir.parent)):
         cmd = [sys.executable, "-m", "tubelet", "generate", PROMPT, "--model", str(model), "--seed", "7"]
         res = subprocess.run(
             [*cmd, "-o", str(tmp_path / name), "--no-progress"], capture_output=True, text=True
@@ -98,13 +79,13 @@ def test_generate_text_to_video_default_name_and_determinism(
         assert diff.mean() < 0.5, diff.mean()
 
 
-def test_generate_conditioning_tasks(model_dir: Path, clip: Path, tmp_path: Path) -> None:
+def test_generate_conditioning_tasks(tiny_model_dir: Path, clip: Path, tmp_path: Path) -> None:
     from PIL import Image
 
     rng = np.random.default_rng(1)
     png = tmp_path / "first.png"
     Image.fromarray(rng.integers(0, 256, (48, 40, 3)).astype(np.uint8)).save(png)
-    common = ["--model", str(model_dir), "--seed", "1", "--no-progress"]
+    common = ["--model", str(tiny_model_dir), "--seed", "1", "--no-progress"]
     cases = {
         "i2v": ["--image", str(png)],
         "first_last": ["--image", str(png), "--last-image", str(png), "--frames", "13"],
@@ -126,9 +107,9 @@ def test_generate_conditioning_tasks(model_dir: Path, clip: Path, tmp_path: Path
 
 
 def test_generate_errors(
-    model_dir: Path, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model_dir: Path, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    m = ["--model", str(model_dir), "--no-progress", "-o", str(tmp_path / "x.mp4")]
+    m = ["--model", str(tiny_model_dir), "--no-progress", "-o", str(tmp_path / "x.mp4")]
     assert "cannot be combined" in run_error(capsys, "generate", PROMPT, *m, "--loop", "--extend", str(clip))
     assert "cannot be combined" in run_error(
         capsys, "generate", PROMPT, *m, "--image", str(clip), "--edit", str(clip)
@@ -143,7 +124,7 @@ def test_generate_errors(
     bad.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 64)  # an mp4 header with nothing behind it
     assert str(bad) in run_error(capsys, "generate", PROMPT, *m, "--extend", str(bad))
     assert "unsupported output extension" in run_error(
-        capsys, "generate", PROMPT, "--model", str(model_dir), "-o", str(tmp_path / "x.txt")
+        capsys, "generate", PROMPT, "--model", str(tiny_model_dir), "-o", str(tmp_path / "x.txt")
     )
     assert "model directory not found" in run_error(
         capsys, "generate", PROMPT, "--model", str(tmp_path / "missing"), "-o", str(tmp_path / "y.mp4")
@@ -151,12 +132,12 @@ def test_generate_errors(
     assert not (tmp_path / "x.mp4").exists()
 
 
-def test_eval_sample_vbench_names(model_dir: Path, tmp_path: Path) -> None:
+def test_eval_sample_vbench_names(tiny_model_dir: Path, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f"{PROMPT}\n\na blue square staying still\n", encoding="utf-8")
     out = tmp_path / "samples"
     printed = run_ok(
-        "eval", "sample", "--model", str(model_dir), "--prompts", str(prompts), "--samples", "2",
+        "eval", "sample", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--samples", "2",
         "--out", str(out), "--seed", "10", "--batch-size", "3", "--no-progress",
     )  # fmt: skip
     assert "wrote 4 clips" in printed
@@ -167,7 +148,9 @@ def test_eval_sample_vbench_names(model_dir: Path, tmp_path: Path) -> None:
     assert read_metadata(out / f"{PROMPT}-1.mp4")["seed"] == 11
     # clip 1 of a prompt is `generate PROMPT --seed 11`, whatever its batch was
     single = tmp_path / "single.mp4"
-    run_ok("generate", PROMPT, "--model", str(model_dir), "--seed", "11", "-o", str(single), "--no-progress")
+    run_ok(
+        "generate", PROMPT, "--model", str(tiny_model_dir), "--seed", "11", "-o", str(single), "--no-progress"
+    )
     diff = read_video(single).frames.astype(int) - read_video(out / f"{PROMPT}-1.mp4").frames.astype(int)
     assert np.abs(diff).mean() < 0.5
     # the folder is scoreable here (captions.jsonl)
@@ -183,7 +166,7 @@ def test_eval_sample_vbench_names(model_dir: Path, tmp_path: Path) -> None:
     assert vbench_name(long, 3) == "x" * 180 + "-3.mp4" and vbench_name("a/b", 0) == "a_b-0.mp4"
 
 
-def test_eval_oracle_suite(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_oracle_suite(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     suite = tmp_path / "suite.jsonl"
     lines = [
         {"prompt": PROMPT, "seed": 1},
@@ -194,7 +177,7 @@ def test_eval_oracle_suite(model_dir: Path, tmp_path: Path, capsys: pytest.Captu
     report_path = tmp_path / "r" / "report.json"
     vids = tmp_path / "vids"
     printed = run_ok(
-        "eval", "oracle", "--suite", str(suite), "--model", str(model_dir), "--out", str(report_path),
+        "eval", "oracle", "--suite", str(suite), "--model", str(tiny_model_dir), "--out", str(report_path),
         "--videos-out", str(vids), "--batch-size", "2", "--no-progress",
     )  # fmt: skip
     assert "whole prompt" in printed and "no_extra_objects" in printed
@@ -208,7 +191,7 @@ def test_eval_oracle_suite(model_dir: Path, tmp_path: Path, capsys: pytest.Captu
     # sampling overrides and --limit reach the generation
     quick = tmp_path / "quick.json"
     run_ok(
-        "eval", "oracle", "--suite", str(suite), "--model", str(model_dir), "--out", str(quick), "--limit", "2",
+        "eval", "oracle", "--suite", str(suite), "--model", str(tiny_model_dir), "--out", str(quick), "--limit", "2",
         "--steps", "3", "--guidance", "1.5", "--sampler", "euler", "--no-progress",
     )  # fmt: skip
     q = json.loads(quick.read_text(encoding="utf-8"))
@@ -220,7 +203,7 @@ def test_eval_oracle_suite(model_dir: Path, tmp_path: Path, capsys: pytest.Captu
     from tubelet.pipelines import TextToVideoPipeline
     from tubelet.recipes.shapes.oracle import evaluate_model, read_suite, score_clip
 
-    pipe = TextToVideoPipeline.from_pretrained(model_dir)
+    pipe = TextToVideoPipeline.from_pretrained(tiny_model_dir)
     items = read_suite(suite)
     rep = evaluate_model(pipe, items[:1], progress=False)
     alone = score_clip(pipe(PROMPT, seed=1, progress=False).frames, PROMPT)
@@ -236,7 +219,7 @@ def test_eval_oracle_suite(model_dir: Path, tmp_path: Path, capsys: pytest.Captu
         capsys, "eval", "oracle", "--videos", str(vids), "--suite", str(suite)
     )
     assert "--model only applies" in run_error(
-        capsys, "eval", "oracle", "--videos", str(vids), "--model", str(model_dir)
+        capsys, "eval", "oracle", "--videos", str(vids), "--model", str(tiny_model_dir)
     )
     assert "--steps only applies" in run_error(
         capsys, "eval", "oracle", "--videos", str(vids), "--steps", "4"

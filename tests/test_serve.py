@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 import torch
 
 pytest.importorskip("fastapi")
+from conftest import free_port
 from fastapi.testclient import TestClient
 
 from tubelet.media import read_video, write_video
@@ -35,25 +35,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tubelet.models.dit import DIT_PRESETS, VideoDiT
-    from tubelet.models.text import BYTE_TEXT_PRESETS, ByteTextEncoder
-    from tubelet.models.vae import VAE_PRESETS, CausalVideoVAE
-    from tubelet.pipelines import PipelineConfig, TextToVideoPipeline
-
-    torch.manual_seed(0)
-    dit = VideoDiT(DIT_PRESETS["tiny"])
-    dit.init_weights(zero_head=False)
-    pipe = TextToVideoPipeline(
-        dit,
-        ByteTextEncoder(BYTE_TEXT_PRESETS["tiny"]),
-        CausalVideoVAE(VAE_PRESETS["tiny"]),
-        PipelineConfig(height=32, width=32, num_frames=9, num_inference_steps=3, guidance_scale=2.0),
-    )
-    return pipe.save_pretrained(tmp_path_factory.mktemp("model") / "tiny")
 
 
 def wait_for(client: Any, job_id: str, statuses: tuple[str, ...], timeout: float = 120.0) -> dict[str, Any]:
@@ -75,9 +56,9 @@ def wait_ready(client: Any, timeout: float = 120.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def client(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def client(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     cfg = ServeConfig(
-        model=str(model_dir), data_dir=tmp_path_factory.mktemp("serve"), device="cpu", worker_threads=1,
+        model=str(tiny_model_dir), data_dir=tmp_path_factory.mktemp("serve"), device="cpu", worker_threads=1,
         preview_every=1, max_upload_mb=1.0,
     )  # fmt: skip
     with TestClient(create_app(cfg)) as c:
@@ -103,7 +84,7 @@ def error_of(r: Any, status: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- jobs
 def test_job_equals_tubelet_generate_and_streams_every_step(
-    client: Any, model_dir: Path, tmp_path: Path
+    client: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     r = client.post("/v1/videos", json={"prompt": PROMPT, "seed": 11, "num_inference_steps": 4})
     assert r.status_code == 200, r.text
@@ -122,7 +103,7 @@ def test_job_equals_tubelet_generate_and_streams_every_step(
 
     cli_out = tmp_path / "cli.mp4"
     with pytest.raises(SystemExit) as ei:
-        main(["generate", PROMPT, "--model", str(model_dir), "--seed", "11", "--steps", "4", "--device", "cpu",
+        main(["generate", PROMPT, "--model", str(tiny_model_dir), "--seed", "11", "--steps", "4", "--device", "cpu",
               "--out", str(cli_out), "--no-progress"])  # fmt: skip
     assert ei.value.code in (0, None)
     # The same clip: x264's threaded encoder may choose other P-frame details between runs (seen here:
@@ -327,13 +308,7 @@ def test_other_hosts_need_a_token(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 # ---------------------------------------------------------------------------------------------- restarts
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(model_dir: Path, data: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(tiny_model_dir: Path, data: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [
@@ -342,7 +317,7 @@ def start_server(model_dir: Path, data: Path, port: int) -> subprocess.Popen[byt
             "tubelet",
             "serve",
             "--model",
-            str(model_dir),
+            str(tiny_model_dir),
             "--data-dir",
             str(data),
             "--port",
@@ -379,12 +354,12 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
 
 
-def test_kill_9_mid_job_loses_nothing(model_dir: Path, tmp_path: Path) -> None:
+def test_kill_9_mid_job_loses_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
     import httpx
 
     data, port = tmp_path / "data", free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start_server(model_dir, data, port)
+    proc = start_server(tiny_model_dir, data, port)
     try:
         wait_http(base, proc)
         done = httpx.post(
@@ -415,7 +390,7 @@ def test_kill_9_mid_job_loses_nothing(model_dir: Path, tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    proc2 = start_server(model_dir, data, port)
+    proc2 = start_server(tiny_model_dir, data, port)
     try:
         wait_http(base, proc2)
         c = httpx.Client(base_url=base)
@@ -433,7 +408,7 @@ def test_kill_9_mid_job_loses_nothing(model_dir: Path, tmp_path: Path) -> None:
         kinds = [k for (k,) in events if k != "progress"]
         assert kinds == ["queued", "started", "requeued", "started", "completed"], kinds
         # A second server on the same data directory is refused with a clear message.
-        other = start_server(model_dir, data, free_port())
+        other = start_server(tiny_model_dir, data, free_port())
         out, _ = other.communicate(timeout=60)
         assert other.returncode == 1 and b"in use by another tubelet serve" in out, out
         # Ctrl-C stops in order: the running job goes back to the queue, its attempt not counted.

@@ -21,6 +21,8 @@ import pytest
 pytest.importorskip("fastapi")
 playwright = pytest.importorskip("playwright.sync_api")
 
+from conftest import free_port  # noqa: E402
+
 CHROMIUM = os.environ.get("TUBELET_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no Chromium on this machine: run .ci/install-browser (apt-get install chromium)"
@@ -30,14 +32,6 @@ FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
 ]  # fmt: skip
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve(data: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -180,19 +174,6 @@ def test_page_asks_for_the_token_once(browser: Any, tmp_path: Path) -> None:
         ctx.close()
     finally:
         stop(proc)
-
-
-@pytest.fixture(scope="module")
-def box_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded model with an untrained (zero-gate) box adapter: a model that takes boxes."""
-    from tubelet.models.box_adapter import BoxAdapter, BoxAdapterConfig, BoxedDiT
-    from tubelet.pipelines import load_pipeline
-
-    pipe = load_pipeline()
-    pipe.transformer = BoxedDiT(
-        pipe.transformer, BoxAdapter(BoxAdapterConfig.for_dit(pipe.transformer.config))
-    )
-    return pipe.save_pretrained(tmp_path_factory.mktemp("box") / "model")
 
 
 def test_page_draws_box_tracks_on_first_and_last_frames(

@@ -28,7 +28,7 @@ import shutil
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,6 @@ class ServeConfig:
     device: str = "auto"
     preview_every: int = 4  # steps between previews (only while someone watches); 0: none
     worker_threads: int | None = None  # torch threads in the worker (None: torch's default)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         if self.host not in LOCAL_HOSTS and not self.token and not self.insecure:
@@ -272,7 +271,7 @@ def create_app(cfg: ServeConfig, *, start_worker: bool = True) -> Any:
         eta = job.eta
         if job.status == "queued":
             mean = s.mean_duration()
-            running = _running_eta(s)
+            running = s.running_eta()
             eta = None if mean is None else round((running or 0.0) + (pos or 0) * mean + mean, 1)
         progress = 100 if job.status == "completed" else (int(100 * job.step / job.steps) if job.steps else 0)
         base = f"/v1/videos/{job.id}"
@@ -617,10 +616,6 @@ def _param_of(message: str) -> str | None:
         if word in names:
             return word
     return None
-
-
-def _running_eta(store: JobStore) -> float | None:
-    return store.running_eta()
 
 
 def _download_name(job: Job) -> str:
