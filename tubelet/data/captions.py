@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,9 @@ class CaptionEntry:
     caption: str
     line: int
     boxes: list[Any] | None = None  # the line's optional box tracks (`tubelet.boxes.BoxTrack`s)
+    # the line's other keys (jsonl) or columns (csv) whose values are numbers, strings or booleans,
+    # e.g. the scores `tubelet data prepare` writes (motion, border, ...); `DataConfig.filters` reads them
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,6 +68,18 @@ def _resolve(root: Path, rel: str) -> Path:
     return p if p.is_absolute() else root / p
 
 
+def _csv_value(cell: str) -> Any:
+    """A CSV cell as a number when it reads as one (so that filters compare numbers), else the text."""
+    try:
+        return int(cell)
+    except ValueError:
+        pass
+    try:
+        return float(cell)
+    except ValueError:
+        return cell
+
+
 def read_captions(root: str | Path, *, video_key: str = "video", caption_key: str = "caption") -> Captions:
     """Parse ``captions.jsonl`` / ``captions.csv`` of `root`.
 
@@ -76,7 +91,9 @@ def read_captions(root: str | Path, *, video_key: str = "video", caption_key: st
     file = find_captions_file(root)
     entries: list[CaptionEntry] = []
 
-    def add(line: int, video: Any, caption: Any, boxes: Any = None) -> None:
+    def add(
+        line: int, video: Any, caption: Any, boxes: Any = None, meta: dict[str, Any] | None = None
+    ) -> None:
         where = f"{file}:{line}"
         if not isinstance(video, str) or not video.strip():
             raise DataError(
@@ -95,7 +112,7 @@ def read_captions(root: str | Path, *, video_key: str = "video", caption_key: st
             from tubelet.boxes import parse_boxes
 
             tracks = parse_boxes(boxes, f"{where}: boxes") or None
-        entries.append(CaptionEntry(video, _resolve(root, video.strip()), caption, line, tracks))
+        entries.append(CaptionEntry(video, _resolve(root, video.strip()), caption, line, tracks, meta or {}))
 
     if file.suffix == ".jsonl":
         for lineno, obj in read_jsonl(file, error=DataError, what="captions file"):
@@ -106,7 +123,12 @@ def read_captions(root: str | Path, *, video_key: str = "video", caption_key: st
             missing = [k for k in (video_key, caption_key) if k not in obj]
             if missing:
                 raise DataError(f"{file}:{lineno}: missing key(s) {missing}; the line has {sorted(obj)[:8]}")
-            add(lineno, obj[video_key], obj[caption_key], obj.get("boxes"))
+            meta = {
+                k: v
+                for k, v in obj.items()
+                if k not in (video_key, caption_key, "boxes") and isinstance(v, (int, float, str, bool))
+            }
+            add(lineno, obj[video_key], obj[caption_key], obj.get("boxes"), meta)
     else:
         text = read_text(file, error=DataError, what="captions file")
         reader = csv.reader(text.splitlines())
@@ -129,7 +151,8 @@ def read_captions(root: str | Path, *, video_key: str = "video", caption_key: st
                     raise DataError(
                         f"{file}:{lineno}: expected {len(header)} columns, got {len(row)}: {row[:4]}"
                     )
-                add(lineno, row[vi], row[ci])
+                meta = {h: _csv_value(c) for i, (h, c) in enumerate(zip(header, row)) if i not in (vi, ci)}
+                add(lineno, row[vi], row[ci], None, meta)
         except csv.Error as e:
             raise DataError(f"{file}:{reader.line_num}: malformed CSV ({e})") from None
     return Captions(file, entries)

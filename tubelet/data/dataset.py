@@ -59,6 +59,7 @@ from tubelet.data.buckets import (
 )
 from tubelet.data.captions import CAPTION_FILES, CaptionEntry, Captions, find_captions_file, read_captions
 from tubelet.data.check import CheckReport, check_dataset
+from tubelet.data.filters import parse_filters
 from tubelet.data.loader import BucketBatchSampler, BucketLoader, collate, make_loader
 from tubelet.data.media_index import MediaInfo, _map_files, _try_probe, list_media, probe_media
 from tubelet.data.sampling import DRAW_CAPTION, DRAW_REPLACEMENT, DRAW_START, SampleKey, as_key, sample_rng
@@ -118,6 +119,9 @@ class DataConfig:
         per-sample draws of ``dataset[i]`` for a plain index (the trainer seeds both with
         ``TrainConfig.seed``; see `SampleKey`).
     max_replacements: how many other samples of the bucket are tried before giving up on a batch slot.
+    filters: comparisons on the other values of each captions line, e.g. ``["motion >= 1.5",
+        "border < 0.2"]`` (the scores `tubelet data prepare` writes); a line is used when it
+        passes all of them (see `tubelet.data.filters`). A filter whose key no line has is an error.
     """
 
     fps: float = 8.0
@@ -132,6 +136,7 @@ class DataConfig:
     num_workers: int = 4
     seed: int = 0
     max_replacements: int = 32
+    filters: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         buckets: list[Bucket | tuple[int, int, int, int]] = []
@@ -155,6 +160,9 @@ class DataConfig:
             raise ConfigError(f"DataConfig.num_workers: expected >= 0, got {self.num_workers}")
         if self.max_replacements < 1:
             raise ConfigError(f"DataConfig.max_replacements: expected >= 1, got {self.max_replacements}")
+        if isinstance(self.filters, str):
+            self.filters = [self.filters]
+        parse_filters(self.filters)  # syntax errors now, not at the first dataset
 
     @property
     def bucket_list(self) -> list[Bucket]:
@@ -200,14 +208,17 @@ class VideoDataset(torch.utils.data.Dataset):
         buckets = self.buckets = self.cfg.bucket_list
         captions = read_captions(self.root, video_key=self.cfg.video_key, caption_key=self.cfg.caption_key)
         self.captions_file = captions.file
-        by_path = captions.by_path()
+        self.filtered_out: dict[str, int] = {}  # filter text -> captions lines it removed
+        self.filtered_files: set[Path] = set()  # files whose every line a filter removed
+        by_path = self._apply_filters(captions)
         media = list_media(self.root)
         media_set = {p for p in media}
         self.num_caption_lines = len(captions.entries)
-        self.uncaptioned = [str(p) for p in media if p not in by_path]
+        uncaptioned = [p for p in media if p not in by_path and p not in self.filtered_files]
+        self.uncaptioned = [str(p) for p in uncaptioned]
         files: list[tuple[Path, list[CaptionEntry]]] = list(by_path.items())
         if self.cfg.include_uncaptioned:
-            files += [(p, []) for p in media if p not in by_path]
+            files += [(p, []) for p in uncaptioned]
 
         self.samples: list[Sample] = []
         self.unreadable: dict[str, str] = {}
@@ -259,6 +270,42 @@ class VideoDataset(torch.utils.data.Dataset):
         for i, s in enumerate(self.samples):
             self.bucket_members[s.bucket].append(i)
 
+    def _apply_filters(self, captions: Captions) -> dict[Path, list[CaptionEntry]]:
+        """Caption lines by media path, without the lines that fail `cfg.filters` (counted per
+        filter, first failing filter only, in `filtered_out`). A file whose lines all fail is
+        left out entirely (it is not "uncaptioned")."""
+        by_path = captions.by_path()
+        filters = parse_filters(self.cfg.filters)
+        if not filters:
+            return by_path
+        keys = set().union(*(e.meta for e in captions.entries)) if captions.entries else set()
+        for i, f in enumerate(filters):
+            if f.key not in keys:
+                raise ConfigError(
+                    f"DataConfig.filters[{i}] {f.text!r}: no line of {captions.file.name} has the key "
+                    f"{f.key!r}; the lines have {sorted(keys)[:12] or 'no other keys'}"
+                )
+        kept: dict[Path, list[CaptionEntry]] = {}
+        for path, entries in by_path.items():
+            ok = []
+            for e in entries:
+                failed = next((f for f in filters if not f.passes(e.meta)), None)
+                if failed is None:
+                    ok.append(e)
+                else:
+                    self.filtered_out[failed.text] = self.filtered_out.get(failed.text, 0) + 1
+            if ok:
+                kept[path] = ok
+            else:
+                self.filtered_files.add(path)
+        logger.info(
+            "filters %s removed %d of %d captions lines",
+            [f.text for f in filters],
+            sum(self.filtered_out.values()),
+            len(captions.entries),
+        )
+        return kept
+
     # -- bookkeeping ---------------------------------------------------------------------------
 
     def _record(self, path: str, cause: str) -> None:
@@ -288,6 +335,7 @@ class VideoDataset(torch.utils.data.Dataset):
             "caption_lines": self.num_caption_lines,
             "per_bucket": per_bucket,
             "uncaptioned": len(self.uncaptioned),
+            "filtered_out": dict(self.filtered_out),
             "skipped_too_short": len(self.too_short),
             "too_short": list(self.too_short),
             "skipped_unreadable": len(self.unreadable),
@@ -301,11 +349,49 @@ class VideoDataset(torch.utils.data.Dataset):
             f"{s['samples']} samples ({s['videos']} videos, {s['images']} images) in buckets {s['per_bucket']}; "
             f"skipped {s['skipped_too_short']} too short, {s['skipped_unreadable']} unreadable"
             + (
+                f", {sum(self.filtered_out.values())} captions lines filtered out"
+                if self.filtered_out
+                else ""
+            )
+            + (
                 f", {s['uncaptioned']} uncaptioned files unused"
                 if s["uncaptioned"] and not self.cfg.include_uncaptioned
                 else ""
             )
         )
+
+    def bucket_table(self) -> str:
+        """What training would see, as lines for `tubelet data check --config`: samples per bucket
+        (with the aspect ratios and sizes of their sources), files too short for every bucket,
+        captions lines removed by each filter and files left out as unreadable."""
+        from collections import Counter
+
+        lines = ["", f"training view ({len(self.samples)} samples at {self.cfg.fps:g} fps):"]
+        for b, members in zip(self.buckets, self.bucket_members):
+            sizes = Counter(f"{self.samples[i].width}x{self.samples[i].height}" for i in members)
+            top = ", ".join(f"{k} ({v})" for k, v in sizes.most_common(3)) + (
+                " ..." if len(sizes) > 3 else ""
+            )
+            lines.append(
+                f"  bucket {b.frames}x{b.height}x{b.width} (aspect {b.aspect:.2f}, batch {b.batch_size}): "
+                f"{len(members)} samples" + (f" from {top}" if members else "")
+            )
+        if self.too_short:
+            lines.append(f"  too short for every bucket of their aspect: {len(self.too_short)}")
+            lines += [f"    {p}" for p in self.too_short[:10]] + (
+                ["    ..."] if len(self.too_short) > 10 else []
+            )
+        for text, n in self.filtered_out.items():
+            lines.append(f"  filtered out by {text!r}: {n} captions lines")
+        if self.filtered_files:
+            lines.append(f"  files with no line left after the filters: {len(self.filtered_files)}")
+        if self.unreadable:
+            lines.append(f"  unreadable (left out): {len(self.unreadable)}")
+        if self.uncaptioned and not self.cfg.include_uncaptioned:
+            lines.append(
+                f"  uncaptioned files not used: {len(self.uncaptioned)} (data.include_uncaptioned: true uses them)"
+            )
+        return "\n".join(lines)
 
     def bucket_of(self, index: int) -> int:
         """Bucket index of sample `index`."""
