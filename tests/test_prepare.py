@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -187,6 +188,44 @@ def test_sources_untouched_and_outputs_complete(straight: tuple[Path, PrepareSum
     assert not [p for p in out.rglob("*.tmp")]
 
 
+def test_report_page_in_a_real_browser(straight: tuple[Path, PrepareSummary, dict], browser: Any) -> None:
+    """prepare-report.html in headless Chromium: every thumbnail decodes, the counts and the reasons
+    are on the page, nothing is fetched from anywhere; the screenshot goes to $TUBELET_SCREENSHOTS."""
+    out, summary, _ = straight
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    requests: list[str] = []
+    errors: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto((out / "prepare-report.html").as_uri())
+    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+    imgs = page.eval_on_selector_all(
+        "img", "els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])"
+    )
+    assert len(imgs) == summary.candidates and all(ok and w > 0 and h > 0 for ok, w, h in imgs), imgs
+    assert page.locator("svg").count() == 3  # duration, motion, border histograms
+    text = page.inner_text("body")
+    assert f"Kept clips ({summary.written})" in text
+    for reason in ("static", "duplicate"):
+        assert page.locator("h2", has_text=f"Dropped: {reason} (1)").count() == 1
+        row = page.locator("tr", has=page.locator(f"td:text-is('{reason}')"))
+        assert row.locator("td.n").inner_text() == "1"
+    assert not errors, errors
+    shot = page.screenshot(full_page=True)
+    from io import BytesIO
+
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(BytesIO(shot)).convert("L"))
+    assert pixels.shape[1] == 1280 and pixels.shape[0] > 900 and pixels.std() > 10
+    if os.environ.get("TUBELET_SCREENSHOTS"):
+        Path(os.environ["TUBELET_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+        page.screenshot(
+            path=str(Path(os.environ["TUBELET_SCREENSHOTS"]) / "prepare-report.png"), full_page=True
+        )
+    page.close()
+
+
 def test_prepared_dataset_passes_data_check(straight: tuple[Path, PrepareSummary, dict]) -> None:
     from tubelet.cli import main
 
@@ -281,6 +320,45 @@ def test_kill_and_resume_gives_the_same_dataset(
     assert clips(out) == clips(ref)
     with pytest.raises(DataError, match="other options"):
         prepare_dataset([sources], out, PrepareOptions(min_seconds=1.5, min_size=128), resume=True)
+
+
+def test_on_screen_text_is_dropped_with_ocr(tmp_path: Path) -> None:
+    """--ocr: a clip with a burned-in subtitle is dropped as `text`; the same shot without it is kept
+    (the plain street scenes of bikes.mp4 hold no legible text)."""
+    pytest.importorskip("rapidocr", reason="the ocr extra (rapidocr + onnxruntime)")
+    from PIL import Image, ImageDraw, ImageFont
+
+    src = tmp_path / "raw"
+    src.mkdir()
+    shot = read_video(BIKES).frames[137:187]  # one scene, 2 s
+    font = ImageFont.load_default(size=24)
+    subtitled = []
+    for f in shot:
+        im = Image.fromarray(f)
+        ImageDraw.Draw(im).text((40, 225), "SUBSCRIBE NOW", fill=(255, 255, 255), font=font)
+        subtitled.append(np.asarray(im))
+    write_video(src / "plain.mp4", shot, 25.0, sidecar=False)
+    write_video(src / "subtitled.mp4", np.stack(subtitled), 25.0, sidecar=False)
+    for name in ("plain", "subtitled"):
+        (src / f"{name}.txt").write_text("a street", encoding="utf-8")
+    opts = PrepareOptions(min_seconds=1.0, min_size=128, ocr=True)
+    summary = prepare_dataset([src], tmp_path / "ds", opts, progress=False)
+    kept = _lines(tmp_path / "ds" / "captions.jsonl")
+    dropped = _lines(tmp_path / "ds" / "prepare-dropped.jsonl")
+    assert [Path(x["source"]).name for x in kept] == ["plain.mp4"] and kept[0]["text"] < 0.005
+    assert [(Path(x["source"]).name, x["reason"]) for x in dropped] == [("subtitled.mp4", "text")]
+    assert 0.02 < dropped[0]["text"] < 0.1 and summary.dropped["text"] == 1
+    assert "--max-text 0.02" in (tmp_path / "ds" / "prepare-report.html").read_text(encoding="utf-8")
+
+
+def test_ocr_without_the_extra_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tubelet.data.prepare_analysis as pa
+
+    monkeypatch.setattr(pa, "_OCR", None)
+    monkeypatch.setitem(sys.modules, "rapidocr", None)  # as if not installed: import raises
+    with pytest.raises(DataError, match=r"--ocr needs the OCR extra: pip install 'tubelet\[ocr\]'"):
+        PrepareOptions(ocr=True).validate()
+    PrepareOptions(ocr=False).validate()  # nothing needed without --ocr
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

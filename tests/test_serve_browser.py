@@ -21,17 +21,11 @@ import pytest
 pytest.importorskip("fastapi")
 playwright = pytest.importorskip("playwright.sync_api")
 
-from conftest import free_port  # noqa: E402
+from conftest import CHROMIUM, free_port  # noqa: E402
 
-CHROMIUM = os.environ.get("TUBELET_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no Chromium on this machine: run .ci/install-browser (apt-get install chromium)"
 )
-# Chromium on a machine with no outside network: no background connections, no sandbox as root.
-FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-]  # fmt: skip
 
 
 def serve(data: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -60,14 +54,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Any:
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield b
-        b.close()
 
 
 def test_page_generates_shows_progress_cancels_and_escapes(browser: Any, tmp_path: Path) -> None:

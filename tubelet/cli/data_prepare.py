@@ -37,6 +37,10 @@ def prepare(
     max_motion: float = typer.Option(
         100.0, help="Drop clips moving more (extreme_motion), % of width per s."
     ),
+    ocr: bool = typer.Option(
+        False, "--ocr", help="Drop clips with on-screen text (subtitles, logos); needs the `ocr` extra."
+    ),
+    max_text: float = typer.Option(0.02, help="With --ocr: drop clips whose text covers more of a frame."),
     dup_distance: float = typer.Option(
         8.0, help="Near-duplicate when the pHash distance is at most this (bits)."
     ),
@@ -54,7 +58,7 @@ def prepare(
     """Cut raw videos into scored, filtered training clips: captions.jsonl + clips/ + prepare-report.html.
 
     Scenes are found with PySceneDetect, cut into clips, filtered (too short, too small, black
-    borders, static, extreme motion, near-duplicates, no caption) and re-encoded once to H.264.
+    borders, static, extreme motion, on-screen text with --ocr, near-duplicates, no caption) and re-encoded once to H.264.
     Sources are only read. A source that cannot be read is reported and skipped.
     """
     from tubelet.data.prepare import PrepareOptions, prepare_dataset
@@ -74,6 +78,8 @@ def prepare(
         max_border=max_border,
         min_motion=min_motion,
         max_motion=max_motion,
+        ocr=ocr,
+        max_text=max_text,
         dup_distance=dup_distance,
         keep_uncaptioned=keep_uncaptioned,
         crf=crf,

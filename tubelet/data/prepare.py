@@ -59,6 +59,7 @@ REASONS: dict[str, str] = {
     "too_small": "content (after cropping the border) has a short side below --min-size",
     "static": "motion below --min-motion: a still picture teaches no motion",
     "extreme_motion": "motion above --max-motion: whip pans, flashes, shaky footage",
+    "text": "with --ocr: on-screen text (subtitles, captions, logos) covers more than --max-text of a frame",
     "duplicate": "near-duplicate (pHash within --dup-distance) of a bigger or longer kept clip",
     "no_caption": "its source has no caption (keep with --keep-uncaptioned)",
     "unreadable": "the clip could not be decoded again when it was written",
@@ -88,6 +89,8 @@ class PrepareOptions:
     max_border: float = 0.5
     min_motion: float = 0.5
     max_motion: float = 100.0
+    ocr: bool = False  # the on-screen text filter (the `ocr` extra: rapidocr + onnxruntime)
+    max_text: float = 0.02  # with ocr: drop clips whose legible text covers more of a frame
     dup_distance: float = 8.0  # mean Hamming distance (of 64 bits) of the 3 frame hashes
     keep_uncaptioned: bool = False
     crf: int = 18
@@ -130,6 +133,12 @@ class PrepareOptions:
             raise bad("min_motion", "must be >= 0")
         if number("max_motion") <= self.min_motion:
             raise bad("max_motion", f"must be > --min-motion ({self.min_motion:g})")
+        if not 0 <= number("max_text") <= 1:
+            raise bad("max_text", "must be in [0, 1] (a fraction of the frame area)")
+        if self.ocr:
+            from tubelet.data.prepare_analysis import ocr_engine
+
+            ocr_engine()  # the missing extra is an error now, before any work
         if not 0 <= number("dup_distance") <= 64:
             raise bad("dup_distance", "must be in [0, 64] (bits; negative would keep duplicates: use 0)")
         if not isinstance(self.crf, int) or not 0 <= self.crf <= 51:
@@ -580,6 +589,8 @@ def _line(c: Candidate, caption: str | None, rec: dict[str, Any] | None) -> dict
         border=round(c.border, 4),
         phash="-".join(c.phash),
     )
+    if c.text is not None:
+        line["text"] = c.text
     return line
 
 

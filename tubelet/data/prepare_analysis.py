@@ -13,7 +13,10 @@ the target rate (`read_video(fps=...)`: frame i is the one on screen at i / fps)
 - every quarter second, a small JPEG thumbnail for the report (a few KB each).
 
 Scenes are then cut into candidate clips (`cut_scene`) and each candidate is scored from those numbers
-(`score_candidate`). Nothing here writes files; `tubelet.data.prepare` drives it.
+(`score_candidate`). With the optional on-screen text filter (`--ocr`), the candidates that passed
+the other per-clip filters get one more score, `text` (`text_score`): three frames are decoded again
+at `OCR_LONG_SIDE` and read by RapidOCR (the `ocr` extra). Nothing here writes files;
+`tubelet.data.prepare` drives it.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ THUMB_LONG_SIDE = 128  # pixels: report thumbnails
 THUMB_EVERY_SECONDS = 0.25
 FLOW_STEP_SECONDS = 0.125  # optical flow between frames this far apart (>= 1 frame)
 CHUNK_FRAMES = 512  # analysis frames decoded per read (bounded memory)
+OCR_LONG_SIDE = 640  # pixels: frames read by the text filter (subtitles stay legible)
+OCR_MIN_SCORE = 0.5  # recognition confidence below which a detected box is not counted as text
 
 
 @dataclass
@@ -68,6 +73,7 @@ class Candidate:
     content_width: int = 0
     content_height: int = 0
     phash: list[str] = field(default_factory=list)  # 16-hex-digit hashes at 1/4, 1/2, 3/4 of the clip
+    text: float | None = None  # with --ocr: the largest fraction of a frame covered by legible text
     thumb: str = ""  # base64 JPEG strip (first, middle, last frame) for the report
     reason: str | None = None
     duplicate_of: str | None = None
@@ -323,7 +329,65 @@ def first_reason(cand: Candidate, opts: Any, long_enough: bool) -> str | None:
         return "static"
     if cand.motion > opts.max_motion:
         return "extreme_motion"
+    if cand.text is not None and cand.text > opts.max_text:
+        return "text"
     return None
+
+
+_OCR: Any = None  # one RapidOCR engine per process, made on first use
+
+
+def ocr_engine() -> Any:
+    """This process's RapidOCR engine (onnxruntime, the models inside the wheel, quiet, 1 thread);
+    a DataError naming the extra when it is not installed."""
+    global _OCR
+    if _OCR is None:
+        import logging
+
+        try:
+            from rapidocr import RapidOCR
+        except ImportError:
+            from tubelet.errors import DataError
+
+            raise DataError(
+                "--ocr needs the OCR extra: pip install 'tubelet[ocr]' (rapidocr and onnxruntime; "
+                "the text models ship inside the rapidocr wheel, nothing is downloaded)"
+            ) from None
+        logging.getLogger("RapidOCR").setLevel(logging.ERROR)
+        _OCR = RapidOCR(params={"EngineConfig.onnxruntime.intra_op_num_threads": 1})
+        logging.getLogger("RapidOCR").setLevel(logging.ERROR)
+    return _OCR
+
+
+def text_area(rgb: np.ndarray) -> float:
+    """Fraction of the frame's area inside boxes of text RapidOCR reads with confidence >=
+    `OCR_MIN_SCORE` (two characters or more). Detection alone finds texture as text now and then
+    (whole-frame boxes on plain street scenes); requiring a confident reading removes those."""
+    import cv2
+
+    result = ocr_engine()(rgb, use_cls=False)
+    if result.boxes is None or result.txts is None:
+        return 0.0
+    area = 0.0
+    for box, txt, score in zip(result.boxes, result.txts, result.scores):
+        if score >= OCR_MIN_SCORE and len(str(txt).strip()) >= 2:
+            area += float(cv2.contourArea(np.asarray(box, np.float32)))
+    return min(1.0, area / (rgb.shape[0] * rgb.shape[1]))
+
+
+def text_score(path: str | Path, cand: Candidate, source_hw: tuple[int, int]) -> float:
+    """`text` of a candidate: the largest `text_area` of its frames at 1/4, 1/2 and 3/4."""
+    from tubelet.media import read_video
+
+    h, w = _analysis_size(source_hw[1], source_hw[0], OCR_LONG_SIDE)
+    best = 0.0
+    s, e = cand.start_frame, cand.end_frame
+    for q in (0.25, 0.5, 0.75):
+        i = s + int((e - s) * q)
+        frames = read_video(path, fps=cand.fps, size=(h, w), start=i / cand.fps, max_frames=1).frames
+        if len(frames):
+            best = max(best, text_area(np.ascontiguousarray(frames[0])))
+    return round(best, 4)
 
 
 def analyze_source(path: str | Path, opts: Any) -> SourceAnalysis:
@@ -378,6 +442,9 @@ def analyze_source(path: str | Path, opts: Any) -> SourceAnalysis:
             cand = Candidate(str(path), k, c0, c1, fps)
             score_candidate(cand, feats, (info.height, info.width), row, col)
             cand.reason = first_reason(cand, opts, long_enough)
+            if opts.ocr and cand.reason is None:  # the dear score only for clips still in
+                cand.text = text_score(path, cand, (info.height, info.width))
+                cand.reason = first_reason(cand, opts, long_enough)
             out.candidates.append(cand)
     out.cpu_seconds = time.process_time() - t0
     return out

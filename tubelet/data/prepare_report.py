@@ -125,12 +125,16 @@ def render_report(summary: Any, items: Sequence[tuple[Candidate, dict[str, Any]]
         "too_small": f"--min-size {opts.min_size}",
         "static": f"--min-motion {opts.min_motion:g} %/s",
         "extreme_motion": f"--max-motion {opts.max_motion:g} %/s",
+        "text": f"--max-text {opts.max_text:g} of the frame" if opts.ocr else "off (--ocr)",
         "duplicate": f"--dup-distance {opts.dup_distance:g} bits",
         "no_caption": "--keep-uncaptioned " + ("on" if opts.keep_uncaptioned else "off"),
         "unreadable": "",
     }
     out = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        # nothing but the inline images and styles may load: the page opens the same offline
+        "<meta http-equiv=Content-Security-Policy content=\"default-src 'none'; img-src data:; "
+        "style-src 'unsafe-inline'\">",
         "<title>tubelet data prepare report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>tubelet data prepare</h1>",
