@@ -12,6 +12,7 @@ One straight run over a folder of sources is shared by most tests (module fixtur
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -243,7 +244,8 @@ def test_prepared_dataset_trains_with_score_filters_and_real_aspects(
     straight: tuple[Path, PrepareSummary, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """prepare -> check (with the training config) -> a few tiny training steps, filtering on the
-    scores prepare wrote; each clip goes to the bucket of its real aspect ratio."""
+    scores prepare wrote, from the folder and from a pixel cache of it; each clip goes to the bucket
+    of its real aspect ratio."""
     from tubelet.cli import main
     from tubelet.data.dataset import VideoDataset
     from tubelet.train.config import resolve_train_config
@@ -267,6 +269,13 @@ def test_prepared_dataset_trains_with_score_filters_and_real_aspects(
         assert s.bucket == (0 if s.width / s.height > 2**0.5 else 1), (s.path, s.width, s.height)
     res = train(cfg, out, tmp_path / "run", progress=False)
     assert res.step == 2 and res.bad_steps == 0
+    # the same folder through `tubelet data cache --pixels` (same filters), then training on the cache
+    from tubelet.data.cache import LatentCacheDataset, build_pixel_cache
+
+    cache = build_pixel_cache(out, tmp_path / "cache", data=cfg.data, progress=False)
+    assert len(LatentCacheDataset(cache, cfg.data)) == len(keep)
+    cached = dataclasses.replace(cfg, cache=str(cache))
+    assert train(cached, None, tmp_path / "run-cached", progress=False).step == 2
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
