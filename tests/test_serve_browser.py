@@ -112,13 +112,26 @@ def test_page_generates_shows_progress_cancels_and_escapes(browser: Any, tmp_pat
         running.locator("button.cancel").click()
         page.locator("#gallery li.job[data-status=cancelled]").wait_for(timeout=60_000)
 
-        # A prompt with markup is shown as text: no element is made from it, no script runs.
+        # A prompt with markup is shown as text: no element is made from it, no script runs. From the
+        # form, the model's grammar refuses it at once (400) and the message quoting it is text.
         evil = '<img src=x onerror="window.__xss=1"> a red square moving down'
         page.fill("#num_inference_steps", "2")
         page.fill("#prompt", evil)
         page.click("#submit")
+        page.wait_for_function(
+            "() => document.querySelector('#form-error').textContent.includes('unknown word')"
+        )
+        assert evil in page.inner_text("#form-error")  # quoted whole, as text
+        # A stored job holding it (e.g. queued for an earlier model) fails when it runs, shown as text.
+        from tubelet.pipelines import GenerationRequest
+        from tubelet.serve.store import JobStore
+
+        stored = JobStore(tmp_path / "data" / "jobs.sqlite")
+        stored.add(GenerationRequest(evil, num_inference_steps=2, seed=1).to_dict())
+        stored.close()
         page.locator("#gallery li.job[data-status=failed]").wait_for(timeout=60_000)
         assert page.locator("#gallery li.job[data-status=failed] .prompt").inner_text() == evil
+        assert "null" not in page.inner_text("#gallery")  # settings left to the model are not shown as null
         assert page.evaluate("() => document.querySelectorAll('img[src=\"x\"]').length") == 0
         assert page.evaluate("() => window.__xss === undefined")
 
@@ -136,6 +149,7 @@ def test_page_generates_shows_progress_cancels_and_escapes(browser: Any, tmp_pat
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
         if os.environ.get("TUBELET_SCREENSHOTS"):
+            Path(os.environ["TUBELET_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
             for name in ("serve-page.png", "serve-running.png"):
                 shutil.copy(tmp_path / name, Path(os.environ["TUBELET_SCREENSHOTS"]) / name)
         assert errors == [], errors

@@ -64,9 +64,14 @@ def load_pipeline(
 
 
 def load_components(
-    directory: str | Path | None, *, device: str | torch.device = "cpu"
+    directory: str | Path | None, *, device: str | torch.device = "cpu", weights: bool = True
 ) -> tuple[nn.Module, nn.Module, nn.Module | None, PipelineConfig]:
-    """(transformer, text encoder, VAE or None, PipelineConfig) of a pipeline directory."""
+    """(transformer, text encoder, VAE or None, PipelineConfig) of a pipeline directory.
+
+    ``weights=False`` builds every component from its config on the meta device (no weights read,
+    no memory): what `load_pipeline_skeleton` uses to check requests against a model cheaply. A text
+    encoder that cannot be built that way (a Hugging Face one) is then an empty placeholder module.
+    """
     from tubelet.models.dit import VideoDiT
     from tubelet.models.text import load_text_encoder
     from tubelet.models.vae import CausalVideoVAE
@@ -94,6 +99,8 @@ def load_components(
         cfg = config_from_dict(PipelineConfig, raw, where=str(d / "config.json"))
     except ConfigError as e:
         raise ModelLoadError(str(e)) from None
+    if not weights:
+        return _skeleton(d, cfg)
     transformer: nn.Module = VideoDiT.from_pretrained(d / "transformer", device=device)
     if (d / "box_adapter").is_dir():  # box control: the adapter rides on the base DiT
         from tubelet.models.box_adapter import BoxAdapter, BoxedDiT
@@ -125,3 +132,41 @@ def load_components(
         if vae is not None:
             apply_cpu_kernels(vae)
     return transformer, text, vae, cfg
+
+
+def _skeleton(d: Path, cfg: PipelineConfig) -> tuple[nn.Module, nn.Module, nn.Module | None, PipelineConfig]:
+    """The components of pipeline directory `d` built from their configs on the meta device."""
+    from tubelet import registry
+    from tubelet.models.box_adapter import BoxAdapter, BoxedDiT
+    from tubelet.models.dit import VideoDiT
+    from tubelet.models.vae import CausalVideoVAE
+
+    def build(cls: Any, sub: Path) -> nn.Module:
+        with torch.device("meta"):
+            return cast(nn.Module, cls(cls.config_from_directory(sub)))
+
+    try:
+        transformer = build(VideoDiT, d / "transformer")
+        if (d / "box_adapter").is_dir():
+            transformer = BoxedDiT(
+                cast(VideoDiT, transformer), cast(BoxAdapter, build(BoxAdapter, d / "box_adapter"))
+            )
+        name = read_config_json(d / "text_encoder").get("_class")
+        cls = registry.find("text_encoder_class", name) if isinstance(name, str) else None
+        text: nn.Module = (
+            build(cls, d / "text_encoder") if hasattr(cls, "config_from_directory") else nn.Module()
+        )
+        vae = build(CausalVideoVAE, d / "vae") if (d / "vae").is_dir() else None
+    except (ConfigError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"{d}: {e}") from None
+    return transformer, text, vae, cfg
+
+
+def load_pipeline_skeleton(model: str | Path | None = None) -> TextToVideoPipeline:
+    """A weightless copy of a pipeline (every module on the meta device): enough to check a request
+    against the model (`TextToVideoPipeline.check_request`) in a process that does not generate,
+    such as `tubelet serve`'s web server, without reading gigabytes of weights."""
+    from tubelet.pipelines.text_to_video import TextToVideoPipeline
+
+    transformer, text, vae, cfg = load_components(resolve_model_dir(model), weights=False)
+    return TextToVideoPipeline(transformer, text, vae, cfg)

@@ -109,10 +109,17 @@ class VideoResult:
     latents: torch.Tensor | None = None
 
     def save(self, path: str | Path) -> Path:
-        """Write mp4 (or gif) with the settings in the container metadata and a sidecar json."""
+        """Write mp4 (or gif) with the settings in the container metadata and a sidecar json.
+
+        The metadata also holds ``frames_sha256``, the SHA-256 of the generated uint8 frames before
+        encoding: two runs made the same clip exactly when these agree, whatever the lossy
+        encoder did with it."""
+        import hashlib
+
         from tubelet.media import write_video
 
-        return write_video(path, self.frames, self.fps, metadata=self.metadata)
+        digest = hashlib.sha256(np.ascontiguousarray(self.frames).tobytes()).hexdigest()
+        return write_video(path, self.frames, self.fps, metadata={**self.metadata, "frames_sha256": digest})
 
 
 class _Progress:
@@ -346,6 +353,31 @@ class TextToVideoPipeline:
         merge_lora(self.base_transformer)
         for r in self.loras:
             r["fused"] = True
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """The checks of `request` against this model that need no weights, as errors before any
+        work: the settings resolve against the model's defaults, the prompts (and the negative
+        prompt) tokenize with its text encoder (a shapes-world model's grammar, a byte encoder's
+        length), and box tracks bind to the prompt's objects on a model with box control.
+        `tubelet serve` runs this on `load_pipeline_skeleton` when a job is submitted, so a prompt
+        the model cannot read is a 400 then, not a failed job later. Files are not opened."""
+        request.validate(check_files=False)
+        prompts = [request.prompt] if isinstance(request.prompt, str) else list(request.prompt)
+        job = self._job(
+            request.prompt,
+            request.negative_prompt,
+            request.num_frames,
+            request.height,
+            request.width,
+            request.num_inference_steps,
+            request.guidance_scale,
+            seed=0,
+            sampler=request.sampler,
+            boxes=request.boxes,
+        )
+        tokenize = getattr(self.text_encoder, "tokenize", None)
+        if callable(tokenize):
+            tokenize([*prompts, job.negative] if job.negative else prompts)
 
     @property
     def has_box_control(self) -> bool:

@@ -187,6 +187,13 @@ def create_app(cfg: ServeConfig, *, start_worker: bool = True) -> Any:
             log.warning("job %s was interrupted by a stop of the server: %s", jid, what)
         store.set_meta("worker", {"state": "starting"})
         state["store"] = store
+        try:  # a weightless copy of the model: submitted requests are checked against it
+            from tubelet.pipelines.loading import load_pipeline_skeleton
+
+            state["skeleton"] = await asyncio.to_thread(load_pipeline_skeleton, cfg.model)
+        except TubeletError as e:  # the worker reports a model that cannot load; jobs wait for it
+            log.warning("requests are checked against the model when they run, not now: %s", e)
+            state["skeleton"] = None
         sup = Supervisor(cfg, files, store)
         state["supervisor"] = sup
         if start_worker:
@@ -386,7 +393,7 @@ def create_app(cfg: ServeConfig, *, start_worker: bool = True) -> Any:
             data = _parse_json(body)
         else:
             raise APIError(415, f"send application/json or multipart/form-data, not {ctype}")
-        job_data = await asyncio.to_thread(_check_request, data, uploads, s, cfg)
+        job_data = await asyncio.to_thread(_check_request, data, uploads, s, cfg, state.get("skeleton"))
         from tubelet.serve.store import new_id
 
         jid = new_id()
@@ -557,9 +564,11 @@ def _parse_json(body: bytes) -> dict[str, Any]:
 
 
 def _check_request(
-    data: dict[str, Any], uploads: dict[str, bytes], store: JobStore, cfg: ServeConfig
+    data: dict[str, Any], uploads: dict[str, bytes], store: JobStore, cfg: ServeConfig, skeleton: Any = None
 ) -> dict[str, Any]:
-    """The library's own checks (`GenerationRequest.validate`), plus what the served model cannot do."""
+    """The library's own checks (`GenerationRequest.validate`), plus what the served model cannot do:
+    the model's own checks on a weightless copy of it (`TextToVideoPipeline.check_request`: the
+    prompt's words or length for its text encoder, box tracks bound to the prompt's objects)."""
     from tubelet.pipelines import GenerationRequest
     from tubelet.pipelines.request import RequestError
 
@@ -595,6 +604,18 @@ def _check_request(
             )
         if req.task not in model.get("tasks", [req.task]):
             raise APIError(400, f"this model ({model.get('id')}) cannot do task {req.task!r}", param="task")
+    if skeleton is not None:
+        from tubelet.boxes import BoxError
+        from tubelet.models.text import TextEncodingError
+
+        try:
+            skeleton.check_request(req)
+        except BoxError as e:
+            raise APIError(400, str(e), param="boxes") from None
+        except TextEncodingError as e:
+            raise APIError(400, str(e), param="prompt") from None
+        except TubeletError as e:
+            raise APIError(400, str(e), param=_param_of(str(e))) from None
     if req.seed is None:  # the seed is fixed when the job is made, so its settings can remake it
         req.seed = random.randrange(0, 2**31 - 1)
     out = req.to_dict()

@@ -221,7 +221,7 @@
     if (s.num_frames) parts.push(s.num_frames + "f");
     if (s.width && s.height) parts.push(s.width + "×" + s.height);
     if (s.num_inference_steps) parts.push(s.num_inference_steps + " " + t("steps").toLowerCase());
-    if (s.guidance_scale !== undefined) parts.push("cfg " + s.guidance_scale);
+    if (s.guidance_scale !== undefined && s.guidance_scale !== null) parts.push("cfg " + s.guidance_scale);
     parts.push(t("seed_label") + " " + s.seed);
     return parts.join(" · ");
   }
