@@ -271,6 +271,17 @@ class BoxAdapter(PretrainedMixin, nn.Module):
             )
 
 
+@dataclass
+class BoxContext:
+    """What `BoxedDiT.prepare` hands its blocks: the DiT's state and, with boxes, the layout
+    (B, T, S, r) and the box tokens (B, G, 1 + N, D) with their mask."""
+
+    state: DiTState
+    layout: Tensor | None = None
+    tokens: Tensor | None = None
+    mask: Tensor | None = None
+
+
 class BoxedDiT(nn.Module):
     """A `VideoDiT` with a `BoxAdapter`: the same call, `model(x, t, cond)`; reads `cond.boxes`.
 
@@ -290,31 +301,45 @@ class BoxedDiT(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond) -> Tensor:
         """x: (B, C, F', H, W) latents, t: timesteps, cond: a `Cond` (boxes: a `Boxes` or None)."""
+        h, ctx = self.prepare(x, t, cond)
+        for i in range(self.num_blocks):
+            h = self.run_block(i, h, ctx)
+        return self.finish(h, ctx)
+
+    # ---- stages (as VideoDiT's): prepare -> run_block(0 .. N-1) -> finish
+    @property
+    def num_blocks(self) -> int:
+        return len(self.dit.blocks)
+
+    def prepare(self, x: Tensor, t: Tensor, cond: Cond) -> tuple[Tensor, BoxContext]:
+        """The DiT's tokens and state, plus the box layout and box tokens every block reads."""
         boxes = cond.boxes
         h, state = self.dit.embed(x, t, cond.replace(boxes=None) if boxes is not None else cond)
+        ctx = BoxContext(state)
         if boxes is None:
-            for block in self.dit.blocks:
-                h = block(h, state)
-            return self.dit.head(h, state)
+            return h, ctx
         if boxes.batch_size not in (1, x.shape[0]):
             raise ValueError(f"boxes have batch {boxes.batch_size}; the input has {x.shape[0]}")
         boxes = boxes.to(x.device).expand(x.shape[0])
         adapter = self.adapter
-        layout = None
         if adapter.layout is not None:
             layout = adapter.layout(boxes, (x.shape[2], x.shape[3], x.shape[4]))  # (B, N_tokens, layout_dim)
-            layout = layout.view(
-                h.shape[0], h.shape[1], h.shape[2], -1
-            )  # as the tokens: (B, T, S, layout_dim)
-        tokens = mask = None
+            ctx.layout = layout.view(h.shape[0], h.shape[1], h.shape[2], -1)  # as the tokens: (B, T, S, r)
         if adapter.embed is not None:
-            tokens, mask = adapter.embed(boxes, state.grid[0])
-        for i, block in enumerate(self.dit.blocks):
-            if layout is not None:
-                assert adapter.layout is not None
-                h = h + adapter.layout.proj[i](layout).to(h.dtype)
-            h = block(h, state)
-            if tokens is not None:
-                assert mask is not None
-                h = adapter.layers[i](h, tokens, mask, state)
-        return self.dit.head(h, state)
+            ctx.tokens, ctx.mask = adapter.embed(boxes, state.grid[0])
+        return h, ctx
+
+    def run_block(self, i: int, h: Tensor, ctx: BoxContext) -> Tensor:
+        """Block i with its box injections: the layout before it, the gated box attention after."""
+        adapter = self.adapter
+        if ctx.layout is not None:
+            assert adapter.layout is not None
+            h = h + adapter.layout.proj[i](ctx.layout).to(h.dtype)
+        h = self.dit.blocks[i](h, ctx.state)
+        if ctx.tokens is not None:
+            assert ctx.mask is not None
+            h = adapter.layers[i](h, ctx.tokens, ctx.mask, ctx.state)
+        return h
+
+    def finish(self, h: Tensor, ctx: BoxContext) -> Tensor:
+        return self.dit.head(h, ctx.state)

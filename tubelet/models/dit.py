@@ -483,6 +483,24 @@ class VideoDiT(nn.Module, PretrainedMixin):
             h = block(h, state)
         return self.head(h, state)
 
+    # ---- stages: forward(x, t, cond) == finish(run_block(N-1, ... run_block(0, *prepare(x, t, cond))))
+    # for what runs the blocks itself (the step cache of tubelet.diffusion.step_cache).
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def prepare(self, x: Tensor, t: Tensor, cond: Cond) -> tuple[Tensor, DiTState]:
+        """Tokens (B, T, S, D) and the state the blocks read (`embed`)."""
+        return self.embed(x, t, cond)
+
+    def run_block(self, i: int, h: Tensor, state: DiTState) -> Tensor:
+        """Block i on tokens (B, T, S, D) (called as a module: hooks, LoRA and quantization apply)."""
+        return self.blocks[i](h, state)
+
+    def finish(self, h: Tensor, state: DiTState) -> Tensor:
+        """The head: tokens -> (B, C_out, F, H, W) (`head`)."""
+        return self.head(h, state)
+
     def num_parameters(self) -> int:
         """Total number of parameters (works on the meta device)."""
         return sum(p.numel() for p in self.parameters())
