@@ -49,6 +49,12 @@ def generate(
     sampler: Optional[str] = typer.Option(  # noqa: UP045
         None, "--sampler", help="unipc, dpmpp_2m or euler (default: the model's)."
     ),
+    cache: Optional[float] = typer.Option(  # noqa: UP045
+        None,
+        "--cache",
+        help="Step cache threshold, e.g. 0.08: skip most of the DiT on steps whose first block changes "
+        "less than this since the last full step (faster, slightly different; docs/inference.md).",
+    ),
     out: Optional[Path] = typer.Option(  # noqa: UP045
         None, "--out", "-o", help="Output .mp4/.gif (default: outputs/<prompt-slug>-<seed>.mp4)."
     ),
@@ -156,6 +162,7 @@ def generate(
         context_latents=context,
         strength=strength,
         boxes=box_json,
+        cache=cache,
     )
     request.validate()  # everything that needs no model (input files included), before loading one
     loras = [parse_lora_arg(v) for v in lora]

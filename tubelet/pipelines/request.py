@@ -74,6 +74,7 @@ class GenerationRequest:
     context_latents: int | None = None
     strength: float | None = None
     boxes: Any = None  # box tracks, the JSON form of `tubelet.boxes` ({"tracks": [...]}); t2v, i2v, extend
+    cache: float | None = None  # step-cache threshold (tubelet.diffusion.step_cache); None: off
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -131,6 +132,12 @@ class GenerationRequest:
 
             if self.sampler not in SAMPLERS:
                 raise RequestError(f"unknown sampler {self.sampler!r}; available: {sorted(SAMPLERS)}")
+        if self.cache is not None:
+            c = self.cache
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c <= 1:
+                raise RequestError(
+                    f"cache must be a threshold in [0, 1] (e.g. 0.08), or null for off; got {c!r}"
+                )
         if not isinstance(self.backward, bool):
             raise RequestError(f"backward must be true or false, got {self.backward!r}")
         self._check_task_fields()

@@ -42,7 +42,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -168,6 +168,8 @@ class _Job:
     boxes: list[Any] | None = None  # BoxTrack list (tubelet.boxes), checked against the clip
     keep: tuple[int, int] | None = None  # output frames [lo, hi) kept of num_frames (a fitted length)
     fit_note: str | None = None  # the note that says so
+    cache: Any = None  # a StepCache (tubelet.diffusion.step_cache) or None
+    cache_stats: list[Any] = field(default_factory=list)  # its CacheStats, one per sampling pass
 
 
 class TextToVideoPipeline:
@@ -374,6 +376,7 @@ class TextToVideoPipeline:
             seed=0,
             sampler=request.sampler,
             boxes=request.boxes,
+            cache=request.cache,
         )
         tokenize = getattr(self.text_encoder, "tokenize", None)
         if callable(tokenize):
@@ -533,6 +536,7 @@ class TextToVideoPipeline:
         strength: float | None = None,
         extra_metadata: dict[str, Any] | None = None,
         boxes: Any = None,
+        cache: Any = None,
     ) -> VideoResult | list[VideoResult]:
         """Generate one clip per prompt (a list of prompts makes a batch, returned as a list).
 
@@ -541,10 +545,14 @@ class TextToVideoPipeline:
         `known_latents` (1 or B, C, F', H', W') with `known_mask` (1 or B, F') bool keep latent frames
         fixed; `start_latents` (1 or B, ...) + `strength` start from a partially noised clip (SDEdit).
         The task methods (`image_to_video`, `extend`, `loop`, `connect`, `edit`) build these for you.
+        `cache`: a step cache, as a threshold (e.g. 0.08) or a `StepCache`: steps where the
+        denoiser's first block changes little since the last full step reuse the other blocks'
+        work (`tubelet.diffusion.step_cache`; fewer DiT evaluations at a small cost in fidelity, the
+        result's metadata says how many ran). None (default): every step runs the whole model.
         """
         job = self._job(
             prompt, negative_prompt, num_frames, height, width, num_inference_steps, guidance_scale,
-            seed, generator, sampler, on_note, extra_metadata, boxes,
+            seed, generator, sampler, on_note, extra_metadata, boxes, cache,
         )  # fmt: skip
         if known_latents is None and start_latents is None:  # latents given: their length is the length
             self._fit_frames(job, "text-to-video")
@@ -602,6 +610,7 @@ class TextToVideoPipeline:
             "progress": progress,
             "on_note": on_note,
             "boxes": r.boxes,
+            "cache": r.cache,
         }
         meta = {"request": r.to_dict()}
         if r.task == "i2v":
@@ -676,6 +685,7 @@ class TextToVideoPipeline:
                 negative_prompt=r.negative_prompt,
                 sampler=r.sampler,
                 progress=progress,
+                cache=r.cache,
             )
             assert isinstance(results, list)
             for c, res in zip(chunk, results):
@@ -946,10 +956,17 @@ class TextToVideoPipeline:
         on_note: Callable[[str], None] | None = None,
         extra_metadata: dict[str, Any] | None = None,
         boxes: Any = None,
+        cache: Any = None,
     ) -> _Job:
         """Resolve a call's settings against the model's defaults, with clear errors."""
         from tubelet.diffusion.sampling import SAMPLERS
+        from tubelet.diffusion.step_cache import StepCache
 
+        step_cache = StepCache.of(cache)
+        if step_cache is not None and not hasattr(self.transformer, "run_block"):
+            raise TubeletError(
+                f"cache: this model's denoiser ({type(self.transformer).__name__}) has no stages to cache"
+            )
         cfg = self.config
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
@@ -990,6 +1007,7 @@ class TextToVideoPipeline:
             on_note=on_note,
             extra_metadata=dict(extra_metadata or {}),
             boxes=self._resolve_boxes(boxes, prompts),
+            cache=step_cache,
         )
 
     def _noise(self, job: _Job, shape: tuple[int, int, int, int]) -> torch.Tensor:
@@ -1044,8 +1062,9 @@ class TextToVideoPipeline:
         p = self.transformer.config.patch_size
         shift = self.shift_for((f // p[0]) * (h // p[1]) * (w // p[2]))
         sigmas = flow_schedule(job.steps, shift, self.config.schedule)
+        model = self._model_fn(job)
         fn = make_velocity_fn(
-            self._model_fn(), guidance_scale=job.guidance, uncond=uncond,
+            model, guidance_scale=job.guidance, uncond=uncond,
             integer_timesteps=self.config.schedule == "diffusers",
         )  # fmt: skip
         x = noise
@@ -1060,6 +1079,8 @@ class TextToVideoPipeline:
 
         if len(sigmas) > 1:
             x = SAMPLERS[job.sampler](fn, x, sigmas, cond, callback=on_step)
+        if job.cache is not None:
+            job.cache_stats.append(cast(Any, getattr(model, "cached", model)).stats)
         return x, shift
 
     def _run(
@@ -1145,22 +1166,41 @@ class TextToVideoPipeline:
                 "fps": cfg.fps,
                 **({"boxes": tracks_to_dict(job.boxes)} if job.boxes else {}),
                 **({"loras": [dict(r) for r in self.loras]} if self.loras else {}),
+                **({"cache": self._cache_meta(job, i)} if job.cache is not None else {}),
                 **extra,
                 **job.extra_metadata,
             }
             results.append(VideoResult(frames[i], cfg.fps, meta, latents=z[i].detach().float().cpu()))
         return results[0] if job.single else results
 
-    def _model_fn(self) -> Callable[..., torch.Tensor]:
+    def _cache_meta(self, job: _Job, i: int) -> dict[str, Any]:
+        """Clip i's step-cache record: the settings, and the model calls of its sampling passes that
+        ran every block (a clip's rows are its conditional and, with guidance, unconditional one)."""
+        b = len(job.prompts)
+        calls = full = 0
+        for st in job.cache_stats:
+            for rows in st.row_full:
+                calls += 1
+                full += any(rows[i::b])
+        c = job.cache
+        return {"threshold": c.threshold, "warmup": c.warmup, "max_skips": c.max_skips, "calls": calls,
+                "full_calls": full}  # fmt: skip
+
+    def _model_fn(self, job: _Job | None = None) -> Callable[..., torch.Tensor]:
+        """The denoiser as ``(x, t, cond) -> v``: through a fresh step cache when the job has one
+        (one per sampling pass), under autocast for a lower compute dtype."""
         dt = self.compute_dtype
-        model = self.transformer
+        model: Any = (
+            self.transformer if job is None or job.cache is None else job.cache.wrap(self.transformer)
+        )
         if dt is None or dt == torch.float32:
-            return model
+            return cast(Callable[..., torch.Tensor], model)
 
         def run(x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
             with torch.autocast(x.device.type, dtype=dt):
                 return model(x, t, cond).float()
 
+        run.cached = model  # type: ignore[attr-defined]  # the cache's stats, for the metadata
         return run
 
     # ------------------------------------------------------------------ conditioning internals
