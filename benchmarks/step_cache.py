@@ -1,9 +1,11 @@
 """Step cache (first-block residual cache): DiT work saved vs quality lost, on the embedded model.
 
-    python benchmarks/step_cache.py [--thresholds 0.05,0.1,0.15,0.2,0.3] [--suite shapes-heldout]
+    python benchmarks/step_cache.py [--configs 0.1,0.15,0.3:4:2] [--suite shapes-heldout]
         [--limit N] [--timing-runs 5] [--json out.json]
 
-For every threshold, in one run on this machine: the held-out oracle suite is generated with the
+A config is THRESHOLD[:WARMUP[:MAX_SKIPS]] (`StepCache` fields; 1:4:2 skips on a fixed schedule,
+two calls of every three after four, whatever the change: the baseline a criterion must beat).
+For every config, in one run on this machine: the held-out oracle suite is generated with the
 model's defaults and the cache (each prompt its own seed), and scored with the exact shapes oracle
 (every attribute and whole prompt, as `tubelet eval oracle`); each clip is also compared with the
 uncached clip of the same prompt and seed (PSNR over all frames, uint8). "full calls" is the mean
@@ -42,7 +44,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--thresholds", default="0.05,0.1,0.15,0.2,0.3")
+    ap.add_argument("--configs", default="0.1,0.15,0.2,0.3,0.2:4:2,0.3:4:2,1:4:2")
     ap.add_argument("--suite", default="shapes-heldout")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -52,20 +54,29 @@ def main() -> None:
 
     import torch
 
-    from tubelet.pipelines import GenerationRequest, load_pipeline
+    from tubelet.diffusion.step_cache import StepCache
+    from tubelet.pipelines import load_pipeline
     from tubelet.recipes.shapes import suite_path
     from tubelet.recipes.shapes.oracle import aggregate, read_suite, score_clip
 
-    thresholds: list[float | None] = [None] + [float(x) for x in args.thresholds.split(",")]
+    def config(spec: str) -> StepCache:
+        parts = spec.split(":")
+        return StepCache(float(parts[0]), *(int(p) for p in parts[1:]))
+
+    thresholds: list[StepCache | None] = [None] + [config(x) for x in args.configs.split(",")]
     pipe = load_pipeline(device="cpu")
     items = read_suite(suite_path(Path(args.suite)))[: args.limit]
     rows: list[dict[str, Any]] = []
     reference: list[np.ndarray] = []
     for thr in thresholds:
         t0 = time.perf_counter()
-        reqs = [GenerationRequest(it.prompt, seed=it.seed, cache=thr) for it in items]
         results, frames, full = [], [], []
-        for it, out in zip(items, pipe.generate_many(reqs, batch_size=args.batch_size)):
+        outs: list[Any] = []
+        for i in range(0, len(items), args.batch_size):
+            chunk = items[i : i + args.batch_size]
+            got = pipe([it.prompt for it in chunk], seed=[it.seed for it in chunk], cache=thr, progress=False)
+            outs.extend(got if isinstance(got, list) else [got])
+        for it, out in zip(items, outs):
             res = score_clip(out.frames, it.prompt)
             if it.lang is not None:
                 res.lang = it.lang
@@ -81,7 +92,7 @@ def main() -> None:
         rep = aggregate(results)
         steps = pipe.config.num_inference_steps
         row = {
-            "threshold": thr,
+            "cache": None if thr is None else f"{thr.threshold:g}:{thr.warmup}:{thr.max_skips}",
             "whole_prompt": round(100 * rep["whole_prompt"], 1),
             "attributes": round(100 * rep["accuracy"], 1),
             **{k: round(100 * v["accuracy"], 1) for k, v in rep["per_attribute"].items()},
@@ -104,7 +115,7 @@ def main() -> None:
             times[str(thr)].append(time.perf_counter() - t0)
     base = statistics.median(times["None"])
     for row in rows:
-        med = statistics.median(times[str(row["threshold"])])
+        med = statistics.median(times[str(thresholds[rows.index(row)])])
         row["seconds_per_clip"] = round(med, 3)
         row["speedup"] = round(base / med, 2)
     out = {

@@ -117,6 +117,15 @@ def test_job_equals_tubelet_generate_and_streams_every_step(
     np.testing.assert_array_equal(a[0], b[0])
     assert np.abs(a - b).max() <= 24 and np.abs(a - b).mean() < 0.5
 
+    cached = client.post(
+        "/v1/videos", json={"prompt": PROMPT, "seed": 11, "num_inference_steps": 4, "cache": 0.5}
+    )
+    cached_done = wait_for(client, cached.json()["id"], ("completed", "failed"))
+    assert cached_done["settings"]["cache"] == 0.5 and cached_done["result"]["cache"]["calls"] == 4, (
+        cached_done
+    )
+    error_of(client.post("/v1/videos", json={"prompt": PROMPT, "cache": 7}), 400)
+
     thumb = client.get(done["urls"]["thumbnail"])
     assert thumb.status_code == 200 and thumb.content[:8] == b"\x89PNG\r\n\x1a\n"
     gif = client.get(done["urls"]["gif"])

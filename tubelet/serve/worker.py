@@ -179,6 +179,7 @@ def run_job(
             "fps": result.fps,
             "notes": notes,
             "seconds": round(time.perf_counter() - t0, 3),
+            **({"cache": meta["cache"]} if "cache" in meta else {}),
         },
     )
     return "completed"

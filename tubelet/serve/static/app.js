@@ -112,6 +112,8 @@
       if (v !== undefined && !(model && id !== "seed" && model.defaults[id] === v)) req[id] = v;
     }
     if (model && $("sampler").value !== model.defaults.sampler) req.sampler = $("sampler").value;
+    const cache = num("cache", false);
+    if (cache !== undefined) req.cache = cache;
     if (task === "extend" && $("backward").checked) req.backward = true;
     if (task === "edit") req.strength = num("strength", false);
     const tracks = boxTracks(req.num_frames || (model ? model.defaults.num_frames : 16));
@@ -141,7 +143,8 @@
     if (model) setDefaults(model.defaults);
     $("prompt").value = settings.prompt || "";
     $("task").value = settings.task || "t2v"; showInputs();
-    for (const id of ["negative_prompt", "height", "width", "num_inference_steps", "guidance_scale", "seed", "sampler"]) {
+    $("cache").value = "";
+    for (const id of ["negative_prompt", "height", "width", "num_inference_steps", "guidance_scale", "seed", "sampler", "cache"]) {
       if (settings[id] !== undefined && settings[id] !== null) $(id).value = String(settings[id]);
     }
     if (settings.num_frames) {
@@ -222,6 +225,7 @@
     if (s.width && s.height) parts.push(s.width + "×" + s.height);
     if (s.num_inference_steps) parts.push(s.num_inference_steps + " " + t("steps").toLowerCase());
     if (s.guidance_scale !== undefined && s.guidance_scale !== null) parts.push("cfg " + s.guidance_scale);
+    if (s.cache !== undefined && s.cache !== null) parts.push(t("cache_short") + " " + s.cache);
     parts.push(t("seed_label") + " " + s.seed);
     return parts.join(" · ");
   }
