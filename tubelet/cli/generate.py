@@ -55,6 +55,12 @@ def generate(
         help="Step cache threshold, e.g. 0.08: skip most of the DiT on steps whose first block changes "
         "less than this since the last full step (faster, slightly different; docs/inference.md).",
     ),
+    vae_tile: int = typer.Option(
+        0,
+        "--vae-tile",
+        min=0,
+        help="Decode in tiles of N latent pixels (bounded memory at high resolution; 0: off).",
+    ),
     out: Optional[Path] = typer.Option(  # noqa: UP045
         None, "--out", "-o", help="Output .mp4/.gif (default: outputs/<prompt-slug>-<seed>.mp4)."
     ),
@@ -165,11 +171,17 @@ def generate(
         cache=cache,
     )
     request.validate()  # everything that needs no model (input files included), before loading one
+    if vae_tile:
+        from tubelet.models.vae_tiling import VAETiling
+
+        VAETiling(vae_tile, min(8, vae_tile // 2))  # a bad size is an error before the model loads
     loras = [parse_lora_arg(v) for v in lora]
     path = out if out is not None else Path("outputs") / f"{slugify(prompt)}-{seed}.mp4"
     check_output(path)
 
     pipe = load_pipeline(model, device=device)
+    if vae_tile:
+        pipe.enable_vae_tiling(vae_tile, min(8, vae_tile // 2))
     for file, scale in loras:
         pipe.load_lora(file, scale)
     result = pipe.generate(

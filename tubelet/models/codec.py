@@ -49,6 +49,8 @@ class LatentCodec(nn.Module):
             if any(not s > 0 for s in self._std):
                 raise ValueError(f"latents_std must be > 0 in every channel, got {self._std}")
         self._stats: dict[str, tuple[Tensor, Tensor]] = {}
+        # spatial tiling of decodes (tubelet.models.vae_tiling.VAETiling), None: whole frames
+        self.tiling: Any = None
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -112,4 +114,10 @@ class LatentCodec(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         """Normalised latents (B, C, F', H', W') -> video (B, 3, T, H, W), about [-1, 1] (not clamped)."""
         z = self.denormalize(z)
-        return self.vae.decode(z.float()) if self.vae is not None else z.float()
+        if self.vae is None:
+            return z.float()
+        if self.tiling is not None:
+            from tubelet.models.vae_tiling import decode_tiled
+
+            return decode_tiled(self.vae, z.float(), self.tiling)
+        return self.vae.decode(z.float())

@@ -496,6 +496,19 @@ class TextToVideoPipeline:
         emb = self.text_encoder.encode(prompts)
         return emb.context.to(self.device), emb.mask.to(self.device)
 
+    def enable_vae_tiling(self, tile: int = 32, overlap: int = 8) -> TextToVideoPipeline:
+        """Decode in overlapping spatial tiles of `tile` latent pixels (`tubelet.models.vae_tiling`):
+        peak memory bounded by the tile; a small, blended difference where the decoder attends
+        over whole frames. Returns self."""
+        from tubelet.models.vae_tiling import VAETiling
+
+        self.codec.tiling = VAETiling(tile, overlap)
+        return self
+
+    def disable_vae_tiling(self) -> TextToVideoPipeline:
+        self.codec.tiling = None
+        return self
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Normalised latents -> video (B, 3, F, H, W) in [-1, 1]."""
         return self.codec.decode(z).clamp(-1, 1)
