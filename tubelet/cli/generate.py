@@ -52,7 +52,7 @@ def generate(
     cache: Optional[float] = typer.Option(  # noqa: UP045
         None,
         "--cache",
-        help="Step cache threshold, e.g. 0.08: skip most of the DiT on steps whose first block changes "
+        help="Step cache threshold, e.g. 0.15: skip most of the DiT on steps whose first block changes "
         "less than this since the last full step (faster, slightly different; docs/inference.md).",
     ),
     vae_tile: int = typer.Option(

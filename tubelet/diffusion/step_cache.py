@@ -45,7 +45,7 @@ class StepCache:
     max_skips: at most this many steps in a row reuse the same full step (0: no limit).
     """
 
-    threshold: float = 0.08
+    threshold: float = 0.15
     warmup: int = 1
     max_skips: int = 0
 
@@ -53,7 +53,7 @@ class StepCache:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
             raise ConfigError(f"step cache threshold must be a number, got {self.threshold!r}")
         if not 0 <= self.threshold <= 1:
-            raise ConfigError(f"step cache threshold must be in [0, 1] (e.g. 0.08), got {self.threshold}")
+            raise ConfigError(f"step cache threshold must be in [0, 1] (e.g. 0.15), got {self.threshold}")
         for name in ("warmup", "max_skips"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -67,7 +67,7 @@ class StepCache:
         if isinstance(value, dict):
             return cls(**value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"cache must be a threshold (e.g. 0.08) or a StepCache, got {value!r}")
+            raise ConfigError(f"cache must be a threshold (e.g. 0.15) or a StepCache, got {value!r}")
         return cls(threshold=float(value))
 
     def wrap(self, model: Any) -> CachedDenoiser:

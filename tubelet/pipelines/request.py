@@ -136,7 +136,7 @@ class GenerationRequest:
             c = self.cache
             if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c <= 1:
                 raise RequestError(
-                    f"cache must be a threshold in [0, 1] (e.g. 0.08), or null for off; got {c!r}"
+                    f"cache must be a threshold in [0, 1] (e.g. 0.15), or null for off; got {c!r}"
                 )
         if not isinstance(self.backward, bool):
             raise RequestError(f"backward must be true or false, got {self.backward!r}")

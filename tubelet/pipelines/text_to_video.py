@@ -558,7 +558,7 @@ class TextToVideoPipeline:
         `known_latents` (1 or B, C, F', H', W') with `known_mask` (1 or B, F') bool keep latent frames
         fixed; `start_latents` (1 or B, ...) + `strength` start from a partially noised clip (SDEdit).
         The task methods (`image_to_video`, `extend`, `loop`, `connect`, `edit`) build these for you.
-        `cache`: a step cache, as a threshold (e.g. 0.08) or a `StepCache`: steps where the
+        `cache`: a step cache, as a threshold (e.g. 0.15) or a `StepCache`: steps where the
         denoiser's first block changes little since the last full step reuse the other blocks'
         work (`tubelet.diffusion.step_cache`; fewer DiT evaluations at a small cost in fidelity, the
         result's metadata says how many ran). None (default): every step runs the whole model.
