@@ -65,3 +65,20 @@ def test_convolutions_tile_nearly_exactly_and_without_seams(vae: CausalVideoVAE)
     cols = err.mean(dim=(0, 1, 2, 3))  # error per pixel column, in [-1, 1] units (1/127.5 = a level)
     assert float(cols.max()) < 1 / 127.5, cols.max()
     assert float((rough - full).abs().mean()) > 5 * float(err.mean())  # the overlap is what makes it exact
+
+
+def test_pipeline_and_cli_switches(tiny_model_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tubelet.cli import main
+    from tubelet.pipelines import TextToVideoPipeline
+
+    pipe = TextToVideoPipeline.from_pretrained(tiny_model_dir)
+    kw = {"seed": 2, "num_inference_steps": 2, "height": 64, "width": 96, "progress": False}
+    whole = pipe("a red circle moving right", **kw)
+    tiled = pipe.enable_vae_tiling(4, 2)("a red circle moving right", **kw)  # 8 x 12 latents: 3 x 5 tiles
+    pipe.disable_vae_tiling()
+    assert tiled.frames.shape == whole.frames.shape and torch.equal(tiled.latents, whole.latents)
+    assert not (tiled.frames == whole.frames).all()  # decoded another way, from the same latents
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "a red circle moving right", "--model", str(tiny_model_dir), "--vae-tile", "3",
+              "--no-progress", "--out", str(tmp_path / "x.mp4")])  # fmt: skip
+    assert e.value.code == 1 and not (tmp_path / "x.mp4").exists()
