@@ -91,3 +91,15 @@ def browser() -> Iterator[Any]:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         yield b
         b.close()
+
+
+def one_thread_impl() -> Iterator[None]:
+    """Torch on one thread for a test module: tiny convolutions run faster so on a shared machine, and a
+    module comparing with a one-thread worker process gets bit-equal results. Use it as
+    ``one_thread = pytest.fixture(autouse=True, scope="module")(one_thread_impl)``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

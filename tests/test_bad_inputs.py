@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from tubelet.cli import main
 from tubelet.pipelines.loading import default_model_dir
@@ -33,12 +32,9 @@ TIME_LIMIT_S = 60  # per case; the slowest cases load the embedded model (about 
 TIMED_OUT = 97
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from conftest import one_thread_impl  # noqa: E402
+
+one_thread = pytest.fixture(autouse=True, scope="module")(one_thread_impl)
 
 
 # --------------------------------------------------------------------------------------------- corpus

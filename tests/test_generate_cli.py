@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from tubelet.cli import app, main
@@ -18,13 +17,9 @@ from tubelet.media import read_metadata, read_video, write_video
 PROMPT = "a red circle moving right"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions are much faster on one thread, and the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from conftest import one_thread_impl  # noqa: E402
+
+one_thread = pytest.fixture(autouse=True, scope="module")(one_thread_impl)
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,9 @@ from tubelet.pipelines import (
 PROMPT = "a red circle moving right"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions are much faster on one thread, and the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from conftest import one_thread_impl  # noqa: E402
+
+one_thread = pytest.fixture(autouse=True, scope="module")(one_thread_impl)
 
 
 def make_pipe(*, vae: bool = True, seed: int = 0, **cfg: object) -> TextToVideoPipeline:

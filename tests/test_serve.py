@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
-from conftest import free_port
+from conftest import free_port, one_thread_impl
 from fastapi.testclient import TestClient
 
 from tubelet.media import read_video, write_video
@@ -28,13 +27,7 @@ from tubelet.serve import ServeConfig, create_app
 PROMPT = "a red circle moving right"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The worker runs on one thread; so does this process (bit-equal results with `tubelet generate`)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+one_thread = pytest.fixture(autouse=True, scope="module")(one_thread_impl)
 
 
 def wait_for(client: Any, job_id: str, statuses: tuple[str, ...], timeout: float = 120.0) -> dict[str, Any]:
