@@ -14,22 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from tubelet.data.prepare import PrepareOptions, prepare_dataset
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown CPU"
+from tubelet.devices import cpu_name
 
 
 def main() -> None:

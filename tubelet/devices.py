@@ -115,3 +115,15 @@ def check_memory(needed: float, device: torch.device, what: str, *, lower: str) 
         f"{what} needs about {format_bytes(needed)} of memory, but {device} has {format_bytes(avail)} "
         f"available; lower {lower}, or set {MEMORY_CHECK_ENV}=off to try anyway"
     )
+
+
+def cpu_name() -> str:
+    """The CPU's model name as `lscpu` reports it (for benchmark reports), or a fallback."""
+    import platform
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return platform.processor() or "unknown CPU"

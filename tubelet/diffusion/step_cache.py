@@ -24,9 +24,8 @@ sampling pass: make a new one (`StepCache.wrap`) per pass; a change of input sha
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -170,7 +169,7 @@ class CachedDenoiser:
                 keep = skip.view(b, *([1] * (rest.ndim - 1)))
                 rest = torch.where(keep, self._ref_rest, rest)
                 out = h1 + rest
-                r1 = torch.where(keep, ref, r1) if ref is not None else r1
+                r1 = torch.where(keep, cast(Tensor, ref), r1)
             self._ref_r1, self._ref_rest = r1, rest
             st.calls_full += 1
         self._in_a_row = torch.where(skip, self._in_a_row + 1, torch.zeros_like(self._in_a_row))
@@ -178,8 +177,3 @@ class CachedDenoiser:
         st.rows_full += b - n_skip
         st.row_full.append([not k for k in skip.tolist()])
         return m.finish(out, ctx)
-
-
-def maybe_cached(model: Callable[..., Tensor], cache: StepCache | None) -> Callable[..., Tensor]:
-    """`model` itself without a cache, else a fresh `CachedDenoiser` over it (one per pass)."""
-    return model if cache is None else cache.wrap(model)
