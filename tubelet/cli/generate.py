@@ -61,6 +61,12 @@ def generate(
         min=0,
         help="Decode in tiles of N latent pixels (bounded memory at high resolution; 0: off).",
     ),
+    offload: Optional[str] = typer.Option(  # noqa: UP045
+        None,
+        "--offload",
+        help="Keep the weights in CPU memory and run on the device: 'model' (one component on the "
+        "device at a time) or 'blocks' (the DiT's blocks stream in one by one; least memory). Exact.",
+    ),
     out: Optional[Path] = typer.Option(  # noqa: UP045
         None, "--out", "-o", help="Output .mp4/.gif (default: outputs/<prompt-slug>-<seed>.mp4)."
     ),
@@ -175,11 +181,18 @@ def generate(
         from tubelet.models.vae_tiling import VAETiling
 
         VAETiling(vae_tile, min(8, vae_tile // 2))  # a bad size is an error before the model loads
+    if offload is not None:
+        from tubelet.pipelines.offload import OFFLOAD_MODES
+
+        if offload not in OFFLOAD_MODES:
+            raise TubeletError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
     loras = [parse_lora_arg(v) for v in lora]
     path = out if out is not None else Path("outputs") / f"{slugify(prompt)}-{seed}.mp4"
     check_output(path)
 
-    pipe = load_pipeline(model, device=device)
+    pipe = load_pipeline(model, device=device, offload=offload)
+    if offload is not None and pipe.device.type == "cpu":
+        typer.echo("note: --offload on the CPU: nothing to offload to (the weights are in CPU memory already)", err=True)
     if vae_tile:
         pipe.enable_vae_tiling(vae_tile, min(8, vae_tile // 2))
     for file, scale in loras:

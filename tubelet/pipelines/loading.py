@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from tubelet.config import config_from_dict
-from tubelet.errors import ConfigError, ModelLoadError
+from tubelet.errors import ConfigError, ModelLoadError, TubeletError
 from tubelet.models.hub import read_config_json
 
 if TYPE_CHECKING:
@@ -50,27 +50,47 @@ def resolve_model_dir(model: str | Path | None) -> Path | None:
 
 
 def load_pipeline(
-    model: str | Path | None = None, *, device: str | torch.device = "auto", dtype: torch.dtype | None = None
+    model: str | Path | None = None,
+    *,
+    device: str | torch.device = "auto",
+    dtype: torch.dtype | None = None,
+    offload: str | None = None,
 ) -> TextToVideoPipeline:
     """Load a pipeline directory or a training run (None: the embedded default model).
 
     device: "auto" (CUDA for this process's local rank, then MPS, ..., then CPU), "cpu", "cuda:1", ...
+    offload: None, "model" or "blocks": the weights are read into CPU memory and run on `device`
+    (`TextToVideoPipeline.enable_offload`), so the device never holds the whole model.
     """
     from tubelet.devices import resolve_device
+    from tubelet.pipelines.offload import OFFLOAD_MODES
     from tubelet.pipelines.text_to_video import TextToVideoPipeline
 
+    if offload is not None and offload not in OFFLOAD_MODES:
+        raise TubeletError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
     dev = resolve_device(device) if isinstance(device, str) else device
-    return TextToVideoPipeline.from_pretrained(resolve_model_dir(model), device=dev, dtype=dtype)
+    if offload is None:
+        return TextToVideoPipeline.from_pretrained(resolve_model_dir(model), device=dev, dtype=dtype)
+    # read to the CPU, with the CPU kernels only where the CPU also runs the models
+    pipe = TextToVideoPipeline.from_pretrained(
+        resolve_model_dir(model), device="cpu", dtype=dtype, cpu_kernels=torch.device(dev).type == "cpu"
+    )
+    return pipe.enable_offload(offload, dev)
 
 
 def load_components(
-    directory: str | Path | None, *, device: str | torch.device = "cpu", weights: bool = True
+    directory: str | Path | None,
+    *,
+    device: str | torch.device = "cpu",
+    weights: bool = True,
+    cpu_kernels: bool | None = None,
 ) -> tuple[nn.Module, nn.Module, nn.Module | None, PipelineConfig]:
     """(transformer, text encoder, VAE or None, PipelineConfig) of a pipeline directory.
 
     ``weights=False`` builds every component from its config on the meta device (no weights read,
     no memory): what `load_pipeline_skeleton` uses to check requests against a model cheaply. A text
     encoder that cannot be built that way (a Hugging Face one) is then an empty placeholder module.
+    cpu_kernels: install `tubelet.kernels` (default: when `device` is the CPU).
     """
     from tubelet.models.dit import VideoDiT
     from tubelet.models.text import load_text_encoder
@@ -118,7 +138,9 @@ def load_components(
         if module is not None and torch.device(device).type == "cpu":
             if any(p.dtype == torch.float16 for p in module.parameters()):
                 module.float()
-    if torch.device(device).type == "cpu":
+    if cpu_kernels is None:
+        cpu_kernels = torch.device(device).type == "cpu"
+    if cpu_kernels:
         # oneDNN kernels for the denoiser and the VAE (tubelet.kernels). Text encoders (run once
         # per prompt) and the DiT's time modulation (one row per sample) keep PyTorch's kernels:
         # no speed to gain there, and the embedded model's published outputs were made that way.

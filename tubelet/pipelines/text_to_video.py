@@ -38,6 +38,7 @@ known latent frames and which output frames are new. The pipeline holds no per-c
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -85,6 +86,10 @@ class PipelineConfig:
     vae_scale_factor_temporal: int = 4
     flow: dict[str, Any] | None = None  # the FlowConfig the model was trained with
     name: str = ""
+    # With box tracks and guidance: "joint" (guidance is over the text and the boxes together: the
+    # unconditional branch has neither) or "text" (both branches follow the boxes; guidance is over
+    # the text only). Measured in docs/box-control.md: joint follows the boxes much more closely.
+    box_guidance: str = "joint"
 
     def __post_init__(self) -> None:
         from tubelet.diffusion.sampling import SCHEDULES
@@ -93,6 +98,8 @@ class PipelineConfig:
             raise ConfigError(
                 f"PipelineConfig.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
             )
+        if self.box_guidance not in ("joint", "text"):
+            raise ConfigError(f"PipelineConfig.box_guidance must be 'joint' or 'text', got {self.box_guidance!r}")
 
 
 @dataclass
@@ -201,6 +208,12 @@ class TextToVideoPipeline:
         self.compute_dtype = compute_dtype
         self.source = ""
         self.loras: list[dict[str, Any]] = []  # the LoRAs applied (load_lora), recorded in outputs
+        # Offload (enable_offload): where each component lives between uses, and the device that runs them.
+        self.offload: str | None = None
+        self._offload: Any = None  # tubelet.pipelines.offload.ComponentOffload
+        self._block_offload: Any = None  # tubelet.pipelines.offload.BlockOffload
+        self._exec_device: torch.device | None = None
+        self._prefetch = 1
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -210,11 +223,12 @@ class TextToVideoPipeline:
         *,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
+        cpu_kernels: bool | None = None,
     ) -> TextToVideoPipeline:
         """Load a pipeline directory (default: the model embedded in the package); see `load_pipeline`."""
         from tubelet.pipelines.loading import load_components
 
-        transformer, text, vae, cfg = load_components(directory, device=device)
+        transformer, text, vae, cfg = load_components(directory, device=device, cpu_kernels=cpu_kernels)
         pipe = cls(transformer, text, vae, cfg, compute_dtype=dtype)
         pipe.source = str(directory) if directory is not None else str(default_model_dir())
         return pipe
@@ -246,7 +260,82 @@ class TextToVideoPipeline:
     # ------------------------------------------------------------------ helpers
     @property
     def device(self) -> torch.device:
+        """The device that runs the models (with offload, the weights rest on the CPU between uses)."""
+        if self._exec_device is not None:
+            return self._exec_device
         return next(self.transformer.parameters()).device
+
+    # ------------------------------------------------------------------ offload
+    def enable_offload(self, mode: str = "model", device: str | torch.device = "cuda", *, prefetch: int = 1) -> TextToVideoPipeline:
+        """Keep the weights in CPU memory and run on `device` (`tubelet.pipelines.offload`).
+
+        mode "model": each component (text encoder, denoiser, VAE) is moved to `device` when used and
+        back when another is; "blocks": the denoiser's blocks stream in one at a time (with `prefetch`
+        blocks copied ahead on a side CUDA stream), the text encoder and the VAE as in "model".
+        Exact: outputs equal those without offload. Returns self.
+        """
+        from tubelet.pipelines.offload import OFFLOAD_MODES, BlockOffload, ComponentOffload, _tensors
+
+        if mode not in OFFLOAD_MODES:
+            raise TubeletError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {mode!r}")
+        self.disable_offload()
+        dev = torch.device(device)
+        if mode == "model":
+            self._offload = ComponentOffload(
+                {"text_encoder": self.text_encoder, "transformer": self.transformer, "vae": self.vae}, dev
+            )
+        else:
+            self._offload = ComponentOffload({"text_encoder": self.text_encoder, "vae": self.vae}, dev)
+            base = self.base_transformer
+            self._block_offload = BlockOffload(base.blocks, dev, prefetch=prefetch)
+            in_blocks = {id(t) for b in base.blocks for _, _, t in _tensors(b)}
+            for _, _, t in _tensors(self.transformer):  # the rest (embeddings, head, box adapter)
+                if id(t) not in in_blocks:
+                    t.data = t.data.to(dev)
+        self.offload = mode
+        self._exec_device = dev
+        self._prefetch = prefetch
+        return self
+
+    @contextlib.contextmanager
+    def _offload_paused(self) -> Iterator[None]:
+        """Body with every component on the CPU and offload off; offload is then set up again (on
+        the modules as they are then: a LoRA attached in the body is offloaded with its layer)."""
+        if self.offload is None:
+            yield
+            return
+        mode, dev, prefetch = self.offload, self._exec_device, self._prefetch
+        self.disable_offload("cpu")
+        try:
+            yield
+        finally:
+            self.enable_offload(mode, dev, prefetch=prefetch)
+
+    def disable_offload(self, device: str | torch.device | None = None) -> TextToVideoPipeline:
+        """Remove offload and put every component on `device` (default: the device that ran them)."""
+        if self._exec_device is None:
+            return self
+        dev = torch.device(device) if device is not None else self._exec_device
+        if self._block_offload is not None:
+            self._block_offload.remove()
+        self._offload = self._block_offload = None
+        self.offload = None
+        self._exec_device = None
+        for m in (self.text_encoder, self.transformer, self.vae):
+            if m is not None:
+                m.to(dev)
+        return self
+
+    def runtime_metadata(self) -> dict[str, Any]:
+        """How this pipeline runs its models (offload, quantization, compile), for the clip's sidecar."""
+        out: dict[str, Any] = {}
+        if self.offload is not None:
+            out["offload"] = self.offload
+        return out
+
+    def _use(self, name: str) -> Any:
+        """Context: component `name` on the device for the body (a no-op without offload)."""
+        return self._offload.use(name) if self._offload is not None else contextlib.nullcontext()
 
     def valid_num_frames(self, num_frames: int) -> bool:
         """Whether the model makes clips of exactly `num_frames` frames."""
@@ -335,7 +424,8 @@ class TextToVideoPipeline:
         """
         from tubelet.models.lora import load_lora, lora_path
 
-        name = load_lora(self.base_transformer, path, scale=scale, name=name)
+        with self._offload_paused():
+            name = load_lora(self.base_transformer, path, scale=scale, name=name)
         self.loras.append({"name": name, "file": str(lora_path(path)), "scale": float(scale)})
         return name
 
@@ -345,14 +435,16 @@ class TextToVideoPipeline:
 
         if name is not None and name not in {r["name"] for r in self.loras}:
             raise LoRAError(f"no LoRA named {name!r} is loaded (loaded: {[r['name'] for r in self.loras]})")
-        detach_lora(self.base_transformer, name)
+        with self._offload_paused():
+            detach_lora(self.base_transformer, name)
         self.loras = [r for r in self.loras if name is not None and r["name"] != name]
 
     def fuse_lora(self) -> None:
         """Fold the loaded LoRAs into the weights (faster sampling; `unload_lora` can no longer undo them)."""
         from tubelet.models.lora import merge_lora
 
-        merge_lora(self.base_transformer)
+        with self._offload_paused():
+            merge_lora(self.base_transformer)
         for r in self.loras:
             r["fused"] = True
 
@@ -493,7 +585,8 @@ class TextToVideoPipeline:
         Notes(job.on_note).add(job.fit_note)  # reported now, before the work; listed in the metadata
 
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.text_encoder.encode(prompts)
+        with self._use("text_encoder"):
+            emb = self.text_encoder.encode(prompts)
         return emb.context.to(self.device), emb.mask.to(self.device)
 
     def enable_vae_tiling(self, tile: int = 32, overlap: int = 8) -> TextToVideoPipeline:
@@ -511,11 +604,13 @@ class TextToVideoPipeline:
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Normalised latents -> video (B, 3, F, H, W) in [-1, 1]."""
-        return self.codec.decode(z).clamp(-1, 1)
+        with self._use("vae"):
+            return self.codec.decode(z.to(self.device)).clamp(-1, 1)
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """Video (B, 3, F, H, W) in [-1, 1] -> normalised latents."""
-        return self.codec.encode(video.to(self.device))
+        with self._use("vae"):
+            return self.codec.encode(video.to(self.device))
 
     def shift_for(self, num_tokens: int) -> float:
         if self.config.shift is not None:
@@ -1069,8 +1164,13 @@ class TextToVideoPipeline:
         ctx, cmask, uncond = job.text
         box_cond = self._box_cond(job, noise.shape[2], noise.shape[0]) if job.boxes else None
         cond = Cond(context=ctx, context_mask=cmask, known=known, known_mask=mask, boxes=box_cond)
-        if uncond is not None and box_cond is not None:  # guidance is over the text; both follow the boxes
-            uncond = uncond.replace(boxes=box_cond)
+        if uncond is not None and box_cond is not None:
+            # "joint": the unconditional branch has neither text nor boxes, so guidance pushes towards
+            # both (the trained no-box state: every track absent); "text": both branches follow the boxes
+            if self.config.box_guidance == "joint":
+                uncond = uncond.replace(boxes=replace(box_cond, present=torch.zeros_like(box_cond.present)))
+            else:
+                uncond = uncond.replace(boxes=box_cond)
         _, _, f, h, w = noise.shape
         p = self.transformer.config.patch_size
         shift = self.shift_for((f // p[0]) * (h // p[1]) * (w // p[2]))
@@ -1180,6 +1280,7 @@ class TextToVideoPipeline:
                 **({"boxes": tracks_to_dict(job.boxes)} if job.boxes else {}),
                 **({"loras": [dict(r) for r in self.loras]} if self.loras else {}),
                 **({"cache": self._cache_meta(job, i)} if job.cache is not None else {}),
+                **self.runtime_metadata(),
                 **extra,
                 **job.extra_metadata,
             }
@@ -1206,12 +1307,14 @@ class TextToVideoPipeline:
         model: Any = (
             self.transformer if job is None or job.cache is None else job.cache.wrap(self.transformer)
         )
-        if dt is None or dt == torch.float32:
+        if (dt is None or dt == torch.float32) and self._offload is None:
             return cast(Callable[..., torch.Tensor], model)
+        low = dt is not None and dt != torch.float32
 
         def run(x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-            with torch.autocast(x.device.type, dtype=dt):
-                return model(x, t, cond).float()
+            with self._use("transformer"), torch.autocast(x.device.type, dtype=dt or torch.float32, enabled=low):
+                out = model(x, t, cond)
+            return out.float() if low else out
 
         run.cached = model  # type: ignore[attr-defined]  # the cache's stats, for the metadata
         return run
