@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import one_thread_impl
+
 from tubelet.pipelines import load_pipeline
 from tubelet.pipelines.offload import BlockOffload
 
@@ -34,7 +34,9 @@ def test_model_offload_is_exact_and_uses_each_component_in_turn(tiny_model_dir: 
     assert pipe.offload is None and (_frames(pipe) == ref).all()
 
 
-def test_block_offload_schedule_prefetches_the_next_block_and_drops_each_after_use(tiny_model_dir: Path) -> None:
+def test_block_offload_schedule_prefetches_the_next_block_and_drops_each_after_use(
+    tiny_model_dir: Path,
+) -> None:
     pipe = load_pipeline(tiny_model_dir, device="cpu")
     ref = _frames(pipe)
     pipe.enable_offload("blocks", "cpu", prefetch=1)
@@ -68,7 +70,9 @@ def test_block_offload_schedule_prefetches_the_next_block_and_drops_each_after_u
     assert (_frames(pipe) == ref).all()
 
 
-def test_block_offload_with_lora_and_step_cache_and_boxes(tiny_model_dir: Path, box_model: Path, tmp_path: Path) -> None:
+def test_block_offload_with_lora_and_step_cache_and_boxes(
+    tiny_model_dir: Path, box_model: Path, tmp_path: Path
+) -> None:
     from tubelet.models.lora import LoRAConfig, attach_lora, save_lora
 
     # a LoRA loaded while offloaded is offloaded with its layer, and changes nothing numerically
@@ -87,7 +91,9 @@ def test_block_offload_with_lora_and_step_cache_and_boxes(tiny_model_dir: Path, 
     assert (_frames(pipe, cache=0.2) == ref).all()
     # box control: the adapter stays with the embeddings, the base's blocks stream
     boxes = [{"object": 0, "keyframes": [[0, 0.1, 0.1, 0.4, 0.4], [15, 0.6, 0.6, 0.9, 0.9]]}]
-    b_ref = load_pipeline(box_model, device="cpu")("a red circle moving right", seed=1, boxes=boxes, progress=False).frames
+    b_ref = load_pipeline(box_model, device="cpu")(
+        "a red circle moving right", seed=1, boxes=boxes, progress=False
+    ).frames
     b_pipe = load_pipeline(box_model, device="cpu").enable_offload("blocks", "cpu")
     b_out = b_pipe("a red circle moving right", seed=1, boxes=boxes, progress=False).frames
     assert (b_out == b_ref).all()

@@ -67,6 +67,15 @@ def generate(
         help="Keep the weights in CPU memory and run on the device: 'model' (one component on the "
         "device at a time) or 'blocks' (the DiT's blocks stream in one by one; least memory). Exact.",
     ),
+    quantize: Optional[str] = typer.Option(  # noqa: UP045
+        None,
+        "--quantize",
+        help="Quantize the DiT's weights: int8 (weight-only) or fp8 (fp8 matmuls on GPUs that have them). "
+        "Less memory, slightly different output (docs/inference.md).",
+    ),
+    compile_: bool = typer.Option(
+        False, "--compile", help="torch.compile the DiT blocks (the first clip pays the compilation)."
+    ),
     out: Optional[Path] = typer.Option(  # noqa: UP045
         None, "--out", "-o", help="Output .mp4/.gif (default: outputs/<prompt-slug>-<seed>.mp4)."
     ),
@@ -186,17 +195,32 @@ def generate(
 
         if offload not in OFFLOAD_MODES:
             raise TubeletError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+    if quantize is not None:
+        from tubelet.kernels.quant import QUANT_MODES, _torchao
+
+        if quantize not in QUANT_MODES:
+            raise TubeletError(f"--quantize must be one of {', '.join(QUANT_MODES)}, got {quantize!r}")
+        _torchao()  # installed? (before the model loads)
+    if compile_ and offload == "blocks":
+        raise TubeletError("--compile does not combine with --offload blocks (use --offload model)")
     loras = [parse_lora_arg(v) for v in lora]
     path = out if out is not None else Path("outputs") / f"{slugify(prompt)}-{seed}.mp4"
     check_output(path)
 
     pipe = load_pipeline(model, device=device, offload=offload)
     if offload is not None and pipe.device.type == "cpu":
-        typer.echo("note: --offload on the CPU: nothing to offload to (the weights are in CPU memory already)", err=True)
+        typer.echo(
+            "note: --offload on the CPU: nothing to offload to (the weights are in CPU memory already)",
+            err=True,
+        )
     if vae_tile:
         pipe.enable_vae_tiling(vae_tile, min(8, vae_tile // 2))
     for file, scale in loras:
         pipe.load_lora(file, scale)
+    if quantize is not None:
+        pipe.quantize(quantize)
+    if compile_:
+        pipe.enable_compile()
     result = pipe.generate(
         request, progress=progress, on_note=lambda message: typer.echo(f"note: {message}", err=True)
     )

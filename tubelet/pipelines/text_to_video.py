@@ -99,7 +99,9 @@ class PipelineConfig:
                 f"PipelineConfig.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
             )
         if self.box_guidance not in ("joint", "text"):
-            raise ConfigError(f"PipelineConfig.box_guidance must be 'joint' or 'text', got {self.box_guidance!r}")
+            raise ConfigError(
+                f"PipelineConfig.box_guidance must be 'joint' or 'text', got {self.box_guidance!r}"
+            )
 
 
 @dataclass
@@ -214,6 +216,8 @@ class TextToVideoPipeline:
         self._block_offload: Any = None  # tubelet.pipelines.offload.BlockOffload
         self._exec_device: torch.device | None = None
         self._prefetch = 1
+        self.quantized: dict[str, Any] | None = None  # quantize(): what was quantized, how
+        self.compiled = False  # enable_compile()
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -266,7 +270,9 @@ class TextToVideoPipeline:
         return next(self.transformer.parameters()).device
 
     # ------------------------------------------------------------------ offload
-    def enable_offload(self, mode: str = "model", device: str | torch.device = "cuda", *, prefetch: int = 1) -> TextToVideoPipeline:
+    def enable_offload(
+        self, mode: str = "model", device: str | torch.device = "cuda", *, prefetch: int = 1
+    ) -> TextToVideoPipeline:
         """Keep the weights in CPU memory and run on `device` (`tubelet.pipelines.offload`).
 
         mode "model": each component (text encoder, denoiser, VAE) is moved to `device` when used and
@@ -278,6 +284,8 @@ class TextToVideoPipeline:
 
         if mode not in OFFLOAD_MODES:
             raise TubeletError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {mode!r}")
+        if mode == "blocks" and self.compiled:
+            raise TubeletError("block offload does not combine with compile (use offload 'model')")
         self.disable_offload()
         dev = torch.device(device)
         if mode == "model":
@@ -305,6 +313,7 @@ class TextToVideoPipeline:
             yield
             return
         mode, dev, prefetch = self.offload, self._exec_device, self._prefetch
+        assert dev is not None
         self.disable_offload("cpu")
         try:
             yield
@@ -331,7 +340,38 @@ class TextToVideoPipeline:
         out: dict[str, Any] = {}
         if self.offload is not None:
             out["offload"] = self.offload
+        if self.quantized is not None:
+            out["quantize"] = dict(self.quantized)
+        if self.compiled:
+            out["compile"] = True
         return out
+
+    # ------------------------------------------------------------------ quantization / compile
+    def quantize(self, mode: str = "int8") -> TextToVideoPipeline:
+        """Quantize the DiT blocks' weights (`tubelet.kernels.quant`: "int8" weight-only, or "fp8":
+        fp8 matmuls on GPUs that have them, fp8 storage elsewhere). Not exact: the error is bounded
+        and measured (docs/performance.md). LoRAs stay unquantized on top; `fuse_lora` is then
+        refused. Returns self."""
+        from tubelet.kernels.quant import quantize_blocks
+
+        if self.quantized is not None:
+            raise TubeletError(f"this pipeline is quantized already ({self.quantized['mode']})")
+        with self._offload_paused():
+            self.quantized = quantize_blocks(self.base_transformer.blocks, mode, self.device)
+        return self
+
+    def enable_compile(self) -> TextToVideoPipeline:
+        """`torch.compile` each DiT block (regional: one graph for all blocks; exact up to kernel
+        rounding). The first clip pays the compilation (seconds); later clips of the same size reuse
+        it. Not with block offload (its hooks move weights between calls). Returns self."""
+        from tubelet.kernels.quant import compile_blocks
+
+        if self.offload == "blocks":
+            raise TubeletError("compile does not combine with block offload (use --offload model)")
+        if not self.compiled:
+            compile_blocks(self.base_transformer.blocks)
+            self.compiled = True
+        return self
 
     def _use(self, name: str) -> Any:
         """Context: component `name` on the device for the body (a no-op without offload)."""
@@ -442,6 +482,11 @@ class TextToVideoPipeline:
     def fuse_lora(self) -> None:
         """Fold the loaded LoRAs into the weights (faster sampling; `unload_lora` can no longer undo them)."""
         from tubelet.models.lora import merge_lora
+
+        if self.quantized is not None:
+            raise TubeletError(
+                "fuse_lora: the DiT is quantized; fuse before quantizing, or keep the LoRA unfused"
+            )
 
         with self._offload_paused():
             merge_lora(self.base_transformer)
@@ -1312,7 +1357,10 @@ class TextToVideoPipeline:
         low = dt is not None and dt != torch.float32
 
         def run(x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-            with self._use("transformer"), torch.autocast(x.device.type, dtype=dt or torch.float32, enabled=low):
+            with (
+                self._use("transformer"),
+                torch.autocast(x.device.type, dtype=dt or torch.float32, enabled=low),
+            ):
                 out = model(x, t, cond)
             return out.float() if low else out
 
