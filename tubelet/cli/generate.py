@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional, Tuple  # noqa: UP035 - typer needs these on py3.10
+from typing import Any, Optional, Tuple  # noqa: UP035 - typer needs these on py3.10
 
 import typer
 
@@ -75,6 +75,12 @@ def generate(
     ),
     compile_: bool = typer.Option(
         False, "--compile", help="torch.compile the DiT blocks (the first clip pays the compilation)."
+    ),
+    parallel: Optional[str] = typer.Option(  # noqa: UP045
+        None,
+        "--parallel",
+        help="Under torchrun: split each DiT call over the processes, 'sequence' (Ulysses, the default "
+        "there) or 'cfg' (one guidance branch per process; 2 processes).",
     ),
     out: Optional[Path] = typer.Option(  # noqa: UP045
         None, "--out", "-o", help="Output .mp4/.gif (default: outputs/<prompt-slug>-<seed>.mp4)."
@@ -159,6 +165,24 @@ def generate(
         task, video, video_b = "connect", connect[0], connect[1]
     elif edit is not None:
         task, video = "edit", edit
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if parallel is not None:
+        from tubelet.train.sequence_parallel import PARALLEL_MODES
+
+        if parallel not in PARALLEL_MODES:
+            raise TubeletError(f"--parallel must be one of {', '.join(PARALLEL_MODES)}, got {parallel!r}")
+        if world < 2:
+            raise TubeletError(
+                "--parallel needs several processes: torchrun --nproc_per_node N -m tubelet generate ..."
+            )
+    if world > 1 and cache is not None:
+        raise TubeletError("--cache does not combine with parallel generation yet")
+    if world > 1 and offload is not None:
+        raise TubeletError(
+            "--offload does not combine with parallel generation (each process holds its share)"
+        )
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
     box_json = _read_boxes(boxes, box)
@@ -207,6 +231,19 @@ def generate(
     path = out if out is not None else Path("outputs") / f"{slugify(prompt)}-{seed}.mp4"
     check_output(path)
 
+    if world > 1:
+        return _generate_parallel(
+            request,
+            model,
+            device,
+            parallel or "sequence",
+            path,
+            loras,
+            quantize,
+            compile_,
+            vae_tile,
+            progress,
+        )
     pipe = load_pipeline(model, device=device, offload=offload)
     if offload is not None and pipe.device.type == "cpu":
         typer.echo(
@@ -235,6 +272,57 @@ def generate(
         write_video(preview, drawn, result.fps, metadata=result.metadata)
         typer.echo(f"boxes drawn: {preview.resolve()}", err=True)
     typer.echo(str(Path(written).resolve()))
+
+
+def _generate_parallel(
+    request: Any,
+    model: Path | None,
+    device: str,
+    mode: str,
+    path: Path,
+    loras: list[tuple[Path, float]],
+    quantize: str | None,
+    compile_: bool,
+    vae_tile: int,
+    progress: bool,
+) -> None:
+    """One clip made by torchrun's processes together (`TextToVideoPipeline.enable_parallel`): every
+    process runs the same request with rank 0's seed; rank 0 writes the clip and prints its path."""
+    import dataclasses
+
+    import torch
+    import torch.distributed as dist
+
+    from tubelet.pipelines import load_pipeline
+    from tubelet.train.parallel import init_distributed, shutdown_distributed
+
+    info = init_distributed(device)
+    ok = False
+    try:
+        seed = torch.tensor([int(request.seed)], dtype=torch.long)
+        dist.broadcast(seed, 0)  # a seed drawn by each process would differ: rank 0's is used
+        request = dataclasses.replace(request, seed=int(seed.item()))
+        pipe = load_pipeline(model, device=info.device)
+        if vae_tile:
+            pipe.enable_vae_tiling(vae_tile, min(8, vae_tile // 2))
+        for file, scale in loras:
+            pipe.load_lora(file, scale)
+        if quantize is not None:
+            pipe.quantize(quantize)
+        if compile_:
+            pipe.enable_compile()
+        pipe.enable_parallel(mode)
+        result = pipe.generate(
+            request,
+            progress=progress and info.is_main,
+            on_note=(lambda message: typer.echo(f"note: {message}", err=True)) if info.is_main else None,
+        )
+        if info.is_main:
+            written = result.save(path)
+            typer.echo(str(Path(written).resolve()))
+        ok = True
+    finally:
+        shutdown_distributed(wait=ok)
 
 
 def parse_lora_arg(value: str) -> tuple[Path, float]:

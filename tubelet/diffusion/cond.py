@@ -128,6 +128,18 @@ class Cond:
         }
         return Cond(**moved)
 
+    def rows(self, index: slice) -> Cond:
+        """The conditioning of batch rows `index` (views)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Boxes):
+                v = Boxes(v.boxes[index], v.present[index], v.hard[index], v.objects[index])
+            elif isinstance(v, Tensor):
+                v = v[index]
+            out[f.name] = v
+        return Cond(**out)
+
     def expand(self, batch: int) -> Cond:
         """Broadcast a batch-1 conditioning to `batch` (views, no copies); a batch of `batch` is kept."""
         if self.batch_size == batch:

@@ -218,6 +218,8 @@ class TextToVideoPipeline:
         self._prefetch = 1
         self.quantized: dict[str, Any] | None = None  # quantize(): what was quantized, how
         self.compiled = False  # enable_compile()
+        self.parallel: str | None = None  # enable_parallel(): "sequence" | "cfg" over torchrun's processes
+        self._parallel: Any = None
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -344,7 +346,33 @@ class TextToVideoPipeline:
             out["quantize"] = dict(self.quantized)
         if self.compiled:
             out["compile"] = True
+        if self.parallel is not None:
+            out["parallel"] = {"mode": self.parallel, "processes": self._parallel.world}
         return out
+
+    def enable_parallel(self, mode: str = "sequence", group: Any = None) -> TextToVideoPipeline:
+        """Split each denoiser call over the processes of `group` (default: torchrun's whole world),
+        `tubelet.train.sequence_parallel`: "sequence" (Ulysses: each process holds 1/P of the tokens)
+        or "cfg" (each process one half of the guidance batch). Every process must make the same
+        calls (same request, same seed). Returns self."""
+        import torch.distributed as dist
+
+        from tubelet.train.sequence_parallel import wrap_denoiser
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise TubeletError(
+                "parallel generation needs a process group: launch with torchrun --nproc_per_node N"
+            )
+        self.disable_parallel()
+        self._parallel = wrap_denoiser(self.transformer, mode, group)
+        self.parallel = mode
+        return self
+
+    def disable_parallel(self) -> TextToVideoPipeline:
+        if self._parallel is not None and hasattr(self._parallel, "remove"):
+            self._parallel.remove()
+        self._parallel, self.parallel = None, None
+        return self
 
     # ------------------------------------------------------------------ quantization / compile
     def quantize(self, mode: str = "int8") -> TextToVideoPipeline:
@@ -1349,9 +1377,10 @@ class TextToVideoPipeline:
         """The denoiser as ``(x, t, cond) -> v``: through a fresh step cache when the job has one
         (one per sampling pass), under autocast for a lower compute dtype."""
         dt = self.compute_dtype
-        model: Any = (
-            self.transformer if job is None or job.cache is None else job.cache.wrap(self.transformer)
-        )
+        if self._parallel is not None and job is not None and job.cache is not None:
+            raise TubeletError("the step cache does not combine with parallel generation yet: drop --cache")
+        base = self._parallel if self._parallel is not None else self.transformer
+        model: Any = base if job is None or job.cache is None else job.cache.wrap(self.transformer)
         if (dt is None or dt == torch.float32) and self._offload is None:
             return cast(Callable[..., torch.Tensor], model)
         low = dt is not None and dt != torch.float32
