@@ -101,3 +101,21 @@ def test_cli_quantize_and_errors(
         with pytest.raises(SystemExit) as e:  # refused before the model loads
             main(["generate", "x", "--model", str(tmp_path / "none"), *args])
         assert e.value.code == 1 and message in capsys.readouterr().err
+
+
+def test_cli_dtype_bfloat16(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tubelet.cli import main
+
+    out = tmp_path / "bf16.mp4"
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "a red circle", "--model", str(tiny_model_dir), "--device", "cpu", "--dtype", "bfloat16",
+              "--no-progress", "--out", str(out)])  # fmt: skip
+    assert e.value.code == 0
+    assert json.loads(out.with_suffix(".mp4.json").read_text())["dtype"] == "bfloat16"
+    pipe = load_pipeline(tiny_model_dir, device="cpu", dtype=torch.bfloat16)
+    assert pipe.transformer.blocks[0].ffn.fc1.weight.dtype == torch.bfloat16  # stored so: half the memory
+    assert pipe.vae.encoder is not None and next(pipe.vae.parameters()).dtype == torch.float32
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "x", "--model", str(tmp_path / "none"), "--dtype", "int3"])
+    assert e.value.code == 1 and "--dtype must be auto, float32, bfloat16, float16" in capsys.readouterr().err

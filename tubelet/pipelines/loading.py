@@ -59,6 +59,8 @@ def load_pipeline(
     """Load a pipeline directory or a training run (None: the embedded default model).
 
     device: "auto" (CUDA for this process's local rank, then MPS, ..., then CPU), "cpu", "cuda:1", ...
+    dtype: the DiT's compute dtype (None: float32); bfloat16 / float16 also store its weights so
+    (half the memory; the text encoder and the VAE keep theirs).
     offload: None, "model" or "blocks": the weights are read into CPU memory and run on `device`
     (`TextToVideoPipeline.enable_offload`), so the device never holds the whole model.
     """
@@ -70,12 +72,14 @@ def load_pipeline(
         raise TubeletError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
     dev = resolve_device(device) if isinstance(device, str) else device
     if offload is None:
-        return TextToVideoPipeline.from_pretrained(resolve_model_dir(model), device=dev, dtype=dtype)
-    # read to the CPU, with the CPU kernels only where the CPU also runs the models
-    pipe = TextToVideoPipeline.from_pretrained(
-        resolve_model_dir(model), device="cpu", dtype=dtype, cpu_kernels=torch.device(dev).type == "cpu"
-    )
-    return pipe.enable_offload(offload, dev)
+        pipe = TextToVideoPipeline.from_pretrained(resolve_model_dir(model), device=dev, dtype=dtype)
+    else:  # read to the CPU, with the CPU kernels only where the CPU also runs the models
+        pipe = TextToVideoPipeline.from_pretrained(
+            resolve_model_dir(model), device="cpu", dtype=dtype, cpu_kernels=torch.device(dev).type == "cpu"
+        )
+    if dtype in (torch.bfloat16, torch.float16):
+        pipe.transformer.to(dtype)
+    return pipe if offload is None else pipe.enable_offload(offload, dev)
 
 
 def load_components(

@@ -340,6 +340,8 @@ class TextToVideoPipeline:
     def runtime_metadata(self) -> dict[str, Any]:
         """How this pipeline runs its models (offload, quantization, compile), for the clip's sidecar."""
         out: dict[str, Any] = {}
+        if self.compute_dtype not in (None, torch.float32):
+            out["dtype"] = str(self.compute_dtype).removeprefix("torch.")
         if self.offload is not None:
             out["offload"] = self.offload
         if self.quantized is not None:
