@@ -1,7 +1,7 @@
 """Memory of Wan2.1 1.3B / 14B at 480p and 720p, 81 frames: weights, activations, VAE peak, and the
 device peak with and without offload / quantization. ESTIMATED on a CPU-only machine:
 
-    python benchmarks/memory_table.py [--measure-tokens 1024,2048] [--vae-size 96x160]
+    python benchmarks/memory_table.py [--measure-tokens 1024,4096] [--vae-sizes 64x96,96x160]
 
 * weights: exact, parameter counts of the architectures built on the meta device (the DiT presets,
   transformers' UMT5-XXL encoder, the Wan2.1 VAE), times bytes per parameter (bf16 2, int8/fp8 1 +
@@ -11,9 +11,10 @@ device peak with and without offload / quantization. ESTIMATED on a CPU-only mac
   attention runs through SDPA's memory-efficient kernels, linear in tokens) to 21 x 60 x 104 / 4 =
   32,760 tokens (480x832) and 21 x 90 x 160 / 4 = 75,600 tokens (720x1280); the 14B's per-token
   bytes are scaled from the 1.3B's by the width;
-* VAE peak: measured, the Wan2.1 VAE (base 96) decoding 17 frames at `--vae-size`, what decoding adds,
-  scaled by pixel count (the decode is flat in clip length: benchmarks/vae_memory.py) plus the
-  81-frame float32 output; tiled = one 32-latent tile's decode plus the output.
+* VAE peak: measured, the Wan2.1 VAE (base 96) decoding 17 frames at two `--vae-sizes`, what decoding
+  adds, as bytes per output pixel (the slope between the two), scaled by pixel count (the decode is flat in clip length: benchmarks/vae_memory.py) plus the
+  81-frame float32 output; tiled = one 32-latent (256x256-pixel) tile's decode at the same bytes per
+  pixel, plus the output.
 
 Device peak: none = everything resident + the larger of DiT and VAE activations; model offload = the
 largest single stage (text encoder alone; DiT + its activations; VAE + its decode); block offload =
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -43,7 +45,11 @@ def child_block(tokens: int) -> None:
     from tubelet.models.layers import rope_angles_3d, rope_freqs
 
     cfg = DIT_PRESETS["wan2.1-1.3b"]
-    blk = DiTBlock(cfg).to(torch.bfloat16).eval()
+    from tubelet.models.layers import set_attention_backend
+
+    # SDPA's fused kernels (flash / memory-efficient) are linear in tokens, as on a GPU; tubelet's
+    # CPU bf16 fallback materialises the scores and would make the slope quadratic
+    blk = set_attention_backend(DiTBlock(cfg).to(torch.bfloat16).eval(), "sdpa")
     x = torch.randn(2, 1, tokens, cfg.dim, dtype=torch.bfloat16)
     state = DiTState(
         context=torch.randn(2, 512, cfg.dim, dtype=torch.bfloat16),
@@ -121,8 +127,8 @@ def param_counts() -> dict[str, dict[str, int]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", nargs="*")
-    ap.add_argument("--measure-tokens", default="1024,2048")
-    ap.add_argument("--vae-size", default="96x160")
+    ap.add_argument("--measure-tokens", default="1024,4096")
+    ap.add_argument("--vae-sizes", default="64x96,96x160")
     args = ap.parse_args()
     if args.child is not None:
         kind, *rest = args.child
@@ -133,11 +139,10 @@ def main() -> None:
     t1, t2 = (int(v) for v in args.measure_tokens.split(","))
     a1, a2 = run_child("block", str(t1))["added"], run_child("block", str(t2))["added"]
     per_token = (a2 - a1) / (t2 - t1)  # bytes per token of the CFG batch, 1.3B width, bf16
-    vh, vw = (int(v) for v in args.vae_size.split("x"))
-    vae_whole = run_child("vae", args.vae_size, "0")["added"] / (
-        vh * vw
-    )  # bytes per output pixel (17 frames)
-    vae_tile = run_child("vae", "512x512", "32")["added"]  # one 32-latent (256-pixel) tile's decode
+    (s1, p1), (s2, p2) = [(s, math.prod(int(v) for v in s.split("x"))) for s in args.vae_sizes.split(",")]
+    # bytes per output pixel of a 17-frame decode: the slope between two sizes (fixed costs cancel)
+    vae_whole = (run_child("vae", s2, "0")["added"] - run_child("vae", s1, "0")["added"]) / (p2 - p1)
+    vae_tile = vae_whole * 256 * 256  # a tile of 32 latents decodes 256x256 pixels at a time
     print(f"measured: DiT block activations {per_token / 1024:.1f} KiB per token (batch 2, bf16, 1.3B width); "
           f"VAE decode {vae_whole:.0f} B per output pixel; one 32-latent tile {vae_tile / 2**20:.0f} MiB")  # fmt: skip
     te = counts["umt5-xxl"]["total"] * 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +24,14 @@ def boxes(
     ),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N clips."),  # noqa: UP045
     steps: int | None = typer.Option(None, "--steps", min=1, help="Sampling steps (default: the model's)."),
+    guidance: float | None = typer.Option(
+        None, "--guidance", help="Guidance scale (default: the model's; box control often wants less)."
+    ),
+    box_guidance: str | None = typer.Option(
+        None,
+        "--box-guidance",
+        help="joint (guide towards text and boxes: the default) or text (both branches follow the boxes).",
+    ),
     baseline: bool = typer.Option(
         True, "--baseline/--no-baseline", help="Also generate every prompt without its boxes (what they add)."
     ),
@@ -40,10 +49,18 @@ def boxes(
     items = read_box_suite(path)[:limit]
     report_path = out if out is not None else Path("outputs") / f"boxes-{path.stem}.json"
     check_output_location(report_path, kind="file", what="report")
+    if box_guidance is not None and box_guidance not in ("joint", "text"):
+        from tubelet.errors import TubeletError
+
+        raise TubeletError(f"--box-guidance must be joint or text, got {box_guidance!r}")
     pipe = load_pipeline(model, device=device)
-    settings = {"num_inference_steps": steps} if steps is not None else {}
+    if box_guidance is not None:
+        pipe.config = dataclasses.replace(pipe.config, box_guidance=box_guidance)
+    settings: dict[str, object] = {"num_inference_steps": steps} if steps is not None else {}
+    if guidance is not None:
+        settings["guidance_scale"] = guidance
     report = evaluate_boxes(pipe, items, baseline=baseline, progress=progress, **settings)
-    report.update(suite=str(path), model=str(model), clips=len(items))
+    report.update(suite=str(path), model=str(model), clips=len(items), box_guidance=pipe.config.box_guidance)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(report_path, report, indent=1)
     typer.echo(format_box_table(report))

@@ -402,16 +402,27 @@ def _check_pipeline(src: Path) -> dict[str, Any]:
             f"{src / 'model_index.json'}: _class_name is {name!r}; only the text-to-video {PIPELINE_CLASS!r} "
             "is supported (convert its transformer/ or vae/ folder on its own otherwise)"
         )
-    second = index.get("transformer_2")
-    if isinstance(second, list) and second and second[0] is not None:
+    if index.get("expand_timesteps"):
         raise ConversionError(
-            f"{src / 'model_index.json'}: has a second transformer (transformer_2, Wan2.2 mixture of "
-            "experts); only single-transformer Wan2.1 pipelines are supported"
+            f"{src / 'model_index.json'}: expand_timesteps (Wan2.2 TI2V-5B, per-token timesteps with its "
+            "own VAE) is not supported yet; Wan2.1 and Wan2.2 A14B text-to-video pipelines are"
         )
-    if index.get("expand_timesteps") or index.get("boundary_ratio") is not None:
+    if _has_second_transformer(index):
+        ratio = index.get("boundary_ratio")
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+            raise ConversionError(
+                f"{src / 'model_index.json'}: a second transformer (Wan2.2 A14B) needs boundary_ratio in "
+                f"[0, 1], got {ratio!r}"
+            )
+        if not (src / "transformer_2").is_dir():
+            raise ConversionError(
+                f"{src}: model_index.json names transformer_2, but the transformer_2/ folder is missing"
+            )
+        _component_config(src / "transformer_2", TRANSFORMER_CLASS)
+        find_weight_files(src / "transformer_2")
+    elif index.get("boundary_ratio") is not None:
         raise ConversionError(
-            f"{src / 'model_index.json'}: expand_timesteps / boundary_ratio are Wan2.2 features; only Wan2.1 "
-            "text-to-video pipelines are supported"
+            f"{src / 'model_index.json'}: boundary_ratio is set but there is no transformer_2 (second expert)"
         )
     for comp in PIPELINE_COMPONENTS:
         if not (src / comp).is_dir():
@@ -437,11 +448,31 @@ def _check_pipeline(src: Path) -> dict[str, Any]:
     return vae_cfg
 
 
+def _has_second_transformer(index: dict[str, Any]) -> bool:
+    second = index.get("transformer_2")
+    return isinstance(second, list) and bool(second) and second[0] is not None
+
+
+def describe_pipeline(src: str | Path) -> str:
+    """What kind of Wan pipeline `src` holds, in words (for the conversion log)."""
+    index = _read_json(Path(src) / "model_index.json", "diffusers pipeline index")
+    if _has_second_transformer(index):
+        return f"Wan2.2 A14B text-to-video (two experts, boundary_ratio {index.get('boundary_ratio')})"
+    return "Wan2.1 text-to-video"
+
+
 def pipeline_config(src: str | Path, vae_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The top-level tubelet pipeline config.json for a diffusers Wan pipeline directory."""
     s = Path(src)
     vae_cfg = vae_config if vae_config is not None else _component_config(s / "vae", VAE_CLASS)
     cfg = dict(PIPELINE_DEFAULTS)
+    index = (
+        _read_json(s / "model_index.json", "diffusers pipeline index")
+        if (s / "model_index.json").is_file()
+        else {}
+    )
+    if _has_second_transformer(index):
+        cfg["boundary_ratio"] = float(index["boundary_ratio"])
     sched = s / "scheduler" / "scheduler_config.json"
     if sched.is_file():
         shift = _read_json(sched, "scheduler config").get("flow_shift")
@@ -511,12 +542,17 @@ def convert_wan(
         elif kind == "vae":
             convert_vae(src, stage, dtype=dtype, log=log)
         else:
-            log(f"converting the diffusers Wan pipeline {src} -> {dst}")
-            log("[1/3] transformer")
+            log(f"converting the diffusers Wan pipeline {src} -> {dst}: {describe_pipeline(src)}")
+            two = (src / "transformer_2").is_dir() and "two experts" in describe_pipeline(src)
+            n = 4 if two else 3
+            log(f"[1/{n}] transformer" + (" (high-noise expert)" if two else ""))
             convert_transformer(src / "transformer", stage / "transformer", dtype=dtype, log=log)
-            log("[2/3] vae")
+            if two:
+                log(f"[2/{n}] transformer_2 (low-noise expert)")
+                convert_transformer(src / "transformer_2", stage / "transformer_2", dtype=dtype, log=log)
+            log(f"[{n - 1}/{n}] vae")
             convert_vae(src / "vae", stage / "vae", dtype=dtype, log=log)
-            log("[3/3] text_encoder")
+            log(f"[{n}/{n}] text_encoder")
             convert_text_encoder(
                 src / "text_encoder", src / "tokenizer", stage / "text_encoder", dtype=dtype, log=log
             )

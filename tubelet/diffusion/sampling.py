@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -99,7 +99,7 @@ def _model_time(
 def make_velocity_fn(
     model: Callable[..., torch.Tensor],
     *,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | Callable[[torch.Tensor], float] = 1.0,
     uncond: Cond | None = None,
     integer_timesteps: bool = False,
 ) -> VelocityFn:
@@ -111,8 +111,11 @@ def make_velocity_fn(
     the same length, padding masked out) and combined as ``v = v_u + g * (v_c - v_u)``. The
     batched conditioning is built once per `cond` and reused for every step. `integer_timesteps`:
     the model is called at floor(1000 s), as diffusers' schedulers call it (Wan-compatible sampling).
+    `guidance_scale` may be a function of the model's timesteps t (B,) (one scale per expert of a
+    two-expert model); then every call is guided.
     """
-    g = float(guidance_scale)
+    scale_of = guidance_scale if callable(guidance_scale) else None
+    g = 0.0 if scale_of is not None else float(cast(float, guidance_scale))
     if g == 1.0:
 
         def fn_single(x: torch.Tensor, s: torch.Tensor, cond: Cond | None) -> torch.Tensor:
@@ -140,7 +143,8 @@ def make_velocity_fn(
         t = _model_time(s, batch, x.device, integer_timesteps)
         v = model(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), cache["both"])  # (2B, ...)
         v_c, v_u = v.chunk(2, dim=0)
-        return v_u + g * (v_c - v_u)
+        scale = scale_of(t) if scale_of is not None else g
+        return v_u + scale * (v_c - v_u)
 
     return fn_guided
 

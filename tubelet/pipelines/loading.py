@@ -126,6 +126,18 @@ def load_components(
     if not weights:
         return _skeleton(d, cfg)
     transformer: nn.Module = VideoDiT.from_pretrained(d / "transformer", device=device)
+    if (d / "transformer_2").is_dir():  # Wan2.2 A14B: the low-noise expert
+        from tubelet.models.experts import TwoExpertDiT
+
+        if cfg.boundary_ratio is None:
+            raise ModelLoadError(
+                f"{d}: has transformer_2/ (two experts) but its config.json sets no boundary_ratio"
+            )
+        low = VideoDiT.from_pretrained(d / "transformer_2", device=device)
+        try:
+            transformer = TwoExpertDiT(transformer, low, cfg.boundary_ratio * 1000.0)
+        except ConfigError as e:
+            raise ModelLoadError(f"{d / 'transformer_2'}: {e}") from None
     if (d / "box_adapter").is_dir():  # box control: the adapter rides on the base DiT
         from tubelet.models.box_adapter import BoxAdapter, BoxedDiT
 
@@ -152,7 +164,8 @@ def load_components(
 
         # a box adapter's base keeps the same layers on PyTorch's kernels as a plain DiT
         base = getattr(transformer, "dit", transformer)
-        apply_cpu_kernels(base, skip=("time_mod",))
+        for dit in getattr(transformer, "experts", [base]):
+            apply_cpu_kernels(dit, skip=("time_mod",))
         if base is not transformer:
             apply_cpu_kernels(getattr(transformer, "adapter"))  # noqa: B009 - typed loosely (Module)
         if vae is not None:

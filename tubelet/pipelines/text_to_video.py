@@ -90,6 +90,11 @@ class PipelineConfig:
     # unconditional branch has neither) or "text" (both branches follow the boxes; guidance is over
     # the text only). Measured in docs/box-control.md: joint follows the boxes much more closely.
     box_guidance: str = "joint"
+    # Wan2.2 A14B (two experts, tubelet.models.experts): the switch point as a fraction of the 1000
+    # training timesteps (steps at or above it run transformer/, the others transformer_2/), and the
+    # low-noise expert's guidance scale (None: guidance_scale).
+    boundary_ratio: float | None = None
+    guidance_scale_2: float | None = None
 
     def __post_init__(self) -> None:
         from tubelet.diffusion.sampling import SCHEDULES
@@ -98,6 +103,8 @@ class PipelineConfig:
             raise ConfigError(
                 f"PipelineConfig.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
             )
+        if self.boundary_ratio is not None and not 0.0 <= self.boundary_ratio <= 1.0:
+            raise ConfigError(f"PipelineConfig.boundary_ratio must be in [0, 1], got {self.boundary_ratio!r}")
         if self.box_guidance not in ("joint", "text"):
             raise ConfigError(
                 f"PipelineConfig.box_guidance must be 'joint' or 'text', got {self.box_guidance!r}"
@@ -213,7 +220,8 @@ class TextToVideoPipeline:
         # Offload (enable_offload): where each component lives between uses, and the device that runs them.
         self.offload: str | None = None
         self._offload: Any = None  # tubelet.pipelines.offload.ComponentOffload
-        self._block_offload: Any = None  # tubelet.pipelines.offload.BlockOffload
+        self._block_offload: Any = None  # tubelet.pipelines.offload.BlockOffload (of the first DiT)
+        self._block_offloads: list[Any] = []  # one per DiT (two for Wan2.2's experts)
         self._exec_device: torch.device | None = None
         self._prefetch = 1
         self.quantized: dict[str, Any] | None = None  # quantize(): what was quantized, how
@@ -244,10 +252,14 @@ class TextToVideoPipeline:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         from tubelet.models.box_adapter import BoxedDiT
+        from tubelet.models.experts import TwoExpertDiT
 
         if isinstance(self.transformer, BoxedDiT):  # the base and the adapter, each its own directory
             self.transformer.dit.save_pretrained(d / "transformer")
             self.transformer.adapter.save_pretrained(d / "box_adapter")
+        elif isinstance(self.transformer, TwoExpertDiT):  # Wan2.2 A14B: high-noise, low-noise expert
+            cast(Any, self.transformer.high).save_pretrained(d / "transformer")
+            cast(Any, self.transformer.low).save_pretrained(d / "transformer_2")
         else:
             self.transformer.save_pretrained(d / "transformer")
         if text_encoder_dir is not None:
@@ -290,15 +302,21 @@ class TextToVideoPipeline:
             raise TubeletError("block offload does not combine with compile (use offload 'model')")
         self.disable_offload()
         dev = torch.device(device)
+        experts = getattr(self.transformer, "experts", None)
         if mode == "model":
+            dits: dict[str, Any] = (
+                {"transformer": experts[0], "transformer_2": experts[1]}
+                if experts
+                else {"transformer": self.transformer}
+            )
             self._offload = ComponentOffload(
-                {"text_encoder": self.text_encoder, "transformer": self.transformer, "vae": self.vae}, dev
+                {"text_encoder": self.text_encoder, **dits, "vae": self.vae}, dev
             )
         else:
             self._offload = ComponentOffload({"text_encoder": self.text_encoder, "vae": self.vae}, dev)
-            base = self.base_transformer
-            self._block_offload = BlockOffload(base.blocks, dev, prefetch=prefetch)
-            in_blocks = {id(t) for b in base.blocks for _, _, t in _tensors(b)}
+            self._block_offloads = [BlockOffload(d.blocks, dev, prefetch=prefetch) for d in self._dits()]
+            self._block_offload = self._block_offloads[0]
+            in_blocks = {id(t) for d in self._dits() for b in d.blocks for _, _, t in _tensors(b)}
             for _, _, t in _tensors(self.transformer):  # the rest (embeddings, head, box adapter)
                 if id(t) not in in_blocks:
                     t.data = t.data.to(dev)
@@ -327,9 +345,10 @@ class TextToVideoPipeline:
         if self._exec_device is None:
             return self
         dev = torch.device(device) if device is not None else self._exec_device
-        if self._block_offload is not None:
-            self._block_offload.remove()
+        for bo in self._block_offloads:
+            bo.remove()
         self._offload = self._block_offload = None
+        self._block_offloads = []
         self.offload = None
         self._exec_device = None
         for m in (self.text_encoder, self.transformer, self.vae):
@@ -387,7 +406,8 @@ class TextToVideoPipeline:
         if self.quantized is not None:
             raise TubeletError(f"this pipeline is quantized already ({self.quantized['mode']})")
         with self._offload_paused():
-            self.quantized = quantize_blocks(self.base_transformer.blocks, mode, self.device)
+            done = [quantize_blocks(d.blocks, mode, self.device) for d in self._dits()]
+            self.quantized = {**done[0], "layers": sum(q["layers"] for q in done)}
         return self
 
     def enable_compile(self) -> TextToVideoPipeline:
@@ -399,7 +419,8 @@ class TextToVideoPipeline:
         if self.offload == "blocks":
             raise TubeletError("compile does not combine with block offload (use --offload model)")
         if not self.compiled:
-            compile_blocks(self.base_transformer.blocks)
+            for d in self._dits():
+                compile_blocks(d.blocks)
             self.compiled = True
         return self
 
@@ -480,10 +501,20 @@ class TextToVideoPipeline:
         )
 
     # ------------------------------------------------------------------ LoRA
+    def _dits(self) -> list[Any]:
+        """The VideoDiTs that run: the base of a box-controlled model, or Wan2.2's two experts."""
+        experts = getattr(self.transformer, "experts", None)
+        if experts:
+            return list(experts)
+        return [getattr(self.transformer, "dit", self.transformer)]
+
     @property
     def base_transformer(self) -> Any:
         """The VideoDiT itself (inside a box-controlled denoiser too): what a LoRA applies to."""
         from tubelet.models.box_adapter import BoxedDiT
+
+        if getattr(self.transformer, "experts", None):
+            raise TubeletError("LoRA on a two-expert model (Wan2.2 A14B) is not supported yet")
 
         return self.transformer.dit if isinstance(self.transformer, BoxedDiT) else self.transformer
 
@@ -1251,8 +1282,18 @@ class TextToVideoPipeline:
         shift = self.shift_for((f // p[0]) * (h // p[1]) * (w // p[2]))
         sigmas = flow_schedule(job.steps, shift, self.config.schedule)
         model = self._model_fn(job)
+        guidance: Any = job.guidance
+        expert_for = getattr(self.transformer, "expert_for", None)
+        g2 = self.config.guidance_scale_2
+        if expert_for is not None and g2 is not None and float(g2) != job.guidance:
+            if uncond is None:
+                raise TubeletError(
+                    "guidance_scale_2 needs guidance (guidance_scale != 1) for the high-noise expert"
+                )
+            g_high, g_low = job.guidance, float(g2)
+            guidance = lambda t: g_high if expert_for(t) == "high" else g_low  # noqa: E731
         fn = make_velocity_fn(
-            model, guidance_scale=job.guidance, uncond=uncond,
+            model, guidance_scale=guidance, uncond=uncond,
             integer_timesteps=self.config.schedule == "diffusers",
         )  # fmt: skip
         x = noise
@@ -1349,6 +1390,7 @@ class TextToVideoPipeline:
                 "width": job.width,
                 "num_inference_steps": job.steps,
                 "guidance_scale": job.guidance,
+                **self._expert_meta(),
                 "sampler": job.sampler,
                 "shift": shift,
                 "fps": cfg.fps,
@@ -1361,6 +1403,13 @@ class TextToVideoPipeline:
             }
             results.append(VideoResult(frames[i], cfg.fps, meta, latents=z[i].detach().float().cpu()))
         return results[0] if job.single else results
+
+    def _expert_meta(self) -> dict[str, Any]:
+        """A two-expert model's switch point and low-noise guidance (empty for one DiT)."""
+        if not getattr(self.transformer, "experts", None):
+            return {}
+        g2 = self.config.guidance_scale_2
+        return {"boundary_ratio": self.config.boundary_ratio, "guidance_scale_2": g2}
 
     def _cache_meta(self, job: _Job, i: int) -> dict[str, Any]:
         """Clip i's step-cache record: the settings, and the model calls of its sampling passes that
@@ -1387,9 +1436,12 @@ class TextToVideoPipeline:
             return cast(Callable[..., torch.Tensor], model)
         low = dt is not None and dt != torch.float32
 
+        experts = getattr(self.transformer, "expert_for", None)
+
         def run(x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+            name = "transformer_2" if experts is not None and experts(t) == "low" else "transformer"
             with (
-                self._use("transformer"),
+                self._use(name),
                 torch.autocast(x.device.type, dtype=dt or torch.float32, enabled=low),
             ):
                 out = model(x, t, cond)
