@@ -127,6 +127,39 @@ def test_offload_cli(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.Captur
     assert e.value.code == 1 and "--offload must be one of model, blocks" in capsys.readouterr().err
 
 
+def test_serve_runs_the_model_as_asked(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tubelet serve --offload blocks --dtype bfloat16`: the worker loads the model so (shown on
+    /v1/models) and its clips say so; bad values are refused before the server starts."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from tubelet.cli import main
+    from tubelet.serve.app import ServeConfig, create_app
+
+    cfg = ServeConfig(model=str(tiny_model_dir), data_dir=tmp_path / "d", device="cpu", worker_threads=1,
+                      runtime={"offload": "blocks", "dtype": "bfloat16"})  # fmt: skip
+    with TestClient(create_app(cfg)) as c:
+        end = time.monotonic() + 120
+        while c.get("/healthz").json()["worker"] != "ready":
+            assert time.monotonic() < end
+            time.sleep(0.1)
+        info = c.get("/v1/models").json()["data"][0]
+        assert info["runtime"] == {"dtype": "bfloat16", "offload": "blocks"}, info
+        job = c.post("/v1/videos", json={"prompt": "a red circle", "num_inference_steps": 1}).json()
+        while (job := c.get(f"/v1/videos/{job['id']}").json())["status"] not in ("completed", "failed"):
+            assert time.monotonic() < end
+            time.sleep(0.05)
+        assert job["status"] == "completed", job
+    for args, message in ((["--offload", "layers"], "--offload must be one of model, blocks"),
+                          (["--dtype", "int3"], "--dtype must be auto")):  # fmt: skip
+        with pytest.raises(SystemExit) as e:
+            main(["serve", "--model", str(tiny_model_dir), "--data-dir", str(tmp_path / "e"), *args])
+        assert e.value.code == 1 and message in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_block_offload_on_cuda_holds_fewer_weights(tiny_model_dir: Path) -> None:
     ref = _frames(load_pipeline(tiny_model_dir, device="cuda"))

@@ -127,3 +127,22 @@ def cpu_name() -> str:
         return next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
     except (OSError, subprocess.CalledProcessError, StopIteration):
         return platform.processor() or "unknown CPU"
+
+
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_dtype(name: str, device: str | torch.device = "auto") -> torch.dtype | None:
+    """The DiT compute dtype for a user's `name` on `device` (None: float32, the pipelines' default).
+
+    "auto": bfloat16 on a CUDA GPU that has it, float32 elsewhere (CPUs keep float32 by default: the
+    embedded model's published outputs were made so; bfloat16 is a choice, faster on wide models).
+    """
+    from tubelet.errors import ConfigError
+
+    if name not in DTYPE_NAMES:
+        raise ConfigError(f"--dtype must be {', '.join(DTYPE_NAMES)}; got {name!r}")
+    if name == "auto":
+        dev = resolve_device(device) if isinstance(device, str) else device
+        return torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]

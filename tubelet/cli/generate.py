@@ -231,9 +231,9 @@ def generate(
         if quantize not in QUANT_MODES:
             raise TubeletError(f"--quantize must be one of {', '.join(QUANT_MODES)}, got {quantize!r}")
         _torchao()  # installed? (before the model loads)
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype != "auto" and dtype not in dtypes:
-        raise TubeletError(f"--dtype must be auto, {', '.join(dtypes)}; got {dtype!r}")
+    from tubelet.devices import resolve_dtype
+
+    resolve_dtype(dtype, "cpu")  # a bad name is an error now, before the model loads
     if compile_ and offload == "blocks":
         raise TubeletError("--compile does not combine with --offload blocks (use --offload model)")
     loras = [parse_lora_arg(v) for v in lora]
@@ -254,7 +254,7 @@ def generate(
             progress,
             dtype,
         )
-    pipe = load_pipeline(model, device=device, offload=offload, dtype=_dtype(dtype, device))
+    pipe = load_pipeline(model, device=device, offload=offload, dtype=resolve_dtype(dtype, device))
     if offload is not None and pipe.device.type == "cpu":
         typer.echo(
             "note: --offload on the CPU: nothing to offload to (the weights are in CPU memory already)",
@@ -304,6 +304,7 @@ def _generate_parallel(
     import torch
     import torch.distributed as dist
 
+    from tubelet.devices import resolve_dtype
     from tubelet.pipelines import load_pipeline
     from tubelet.train.parallel import init_distributed, shutdown_distributed
 
@@ -313,7 +314,7 @@ def _generate_parallel(
         seed = torch.tensor([int(request.seed)], dtype=torch.long)
         dist.broadcast(seed, 0)  # a seed drawn by each process would differ: rank 0's is used
         request = dataclasses.replace(request, seed=int(seed.item()))
-        pipe = load_pipeline(model, device=info.device, dtype=_dtype(dtype, str(info.device)))
+        pipe = load_pipeline(model, device=info.device, dtype=resolve_dtype(dtype, str(info.device)))
         if vae_tile:
             pipe.enable_vae_tiling(vae_tile, min(8, vae_tile // 2))
         for file, scale in loras:
@@ -334,19 +335,6 @@ def _generate_parallel(
         ok = True
     finally:
         shutdown_distributed(wait=ok)
-
-
-def _dtype(name: str, device: str) -> Any:
-    """The torch dtype for --dtype NAME on `device` (None: float32, the pipeline's default)."""
-    import torch
-
-    from tubelet.devices import resolve_device
-
-    if name == "auto":
-        dev = resolve_device(device)
-        cuda_bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else None
-    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def parse_lora_arg(value: str) -> tuple[Path, float]:

@@ -40,6 +40,13 @@ def serve(
         64.0, "--max-upload-mb", help="Largest uploaded image or clip, in MB."
     ),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1, ..."),
+    offload: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--offload", help="model | blocks: keep the weights in CPU memory (docs/inference.md)."
+    ),
+    quantize: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--quantize", help="int8 | fp8: quantize the DiT's weights (docs/inference.md)."
+    ),
+    dtype: str = typer.Option("auto", "--dtype", help="The DiT's dtype: auto, float32, bfloat16, float16."),
     preview_every: int = typer.Option(
         4, "--preview-every", help="Steps between live previews while someone watches a job (0: none)."
     ),
@@ -73,6 +80,9 @@ def serve(
         max_upload_mb=max_upload_mb,
         device=device,
         preview_every=preview_every,
+        runtime={
+            k: v for k, v in (("offload", offload), ("quantize", quantize), ("dtype", dtype)) if v is not None
+        },
     )
     cfg.check()
     from tubelet.serve.app import check_data_dir

@@ -28,7 +28,7 @@ import shutil
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -79,8 +79,23 @@ class ServeConfig:
     device: str = "auto"
     preview_every: int = 4  # steps between previews (only while someone watches); 0: none
     worker_threads: int | None = None  # torch threads in the worker (None: torch's default)
+    # how the worker runs the model: {"offload": "model"|"blocks", "quantize": "int8"|"fp8", "dtype": ...}
+    runtime: dict[str, str] = field(default_factory=dict)
 
     def check(self) -> None:
+        from tubelet.devices import resolve_dtype
+        from tubelet.kernels.quant import QUANT_MODES
+        from tubelet.pipelines.offload import OFFLOAD_MODES
+
+        for key, allowed in (("offload", OFFLOAD_MODES), ("quantize", QUANT_MODES)):
+            value = self.runtime.get(key)
+            if value is not None and value not in allowed:
+                raise ConfigError(f"--{key} must be one of {', '.join(allowed)}, got {value!r}")
+        resolve_dtype(self.runtime.get("dtype", "auto"), "cpu")
+        if self.runtime.get("quantize"):
+            from tubelet.kernels.quant import _torchao
+
+            _torchao()  # installed? (now, not in the worker)
         if self.host not in LOCAL_HOSTS and not self.token and not self.insecure:
             raise ConfigError(
                 f"--host {self.host} makes the server reachable from other machines: set --token TOKEN "
@@ -133,6 +148,7 @@ class Supervisor:
                 self.cfg.preview_every,
                 self._stop,
                 self.cfg.worker_threads,
+                dict(self.cfg.runtime),
             ),
             name="tubelet-serve-worker",
             daemon=True,

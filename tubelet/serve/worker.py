@@ -108,6 +108,7 @@ def model_info(pipe: Any, name: str) -> dict[str, Any]:
         "samplers": sorted(SAMPLERS),
         "box_control": bool(pipe.has_box_control),
         "device": str(pipe.device),
+        "runtime": pipe.runtime_metadata(),  # offload / quantize / dtype / compile, as the worker runs it
     }
 
 
@@ -243,8 +244,10 @@ def worker_main(
     preview_every: int,
     stop_event: Any,
     threads: int | None = None,
+    runtime: dict[str, str] | None = None,
 ) -> None:
-    """The worker process: load the model once, then run queued jobs until told to stop."""
+    """The worker process: load the model once, then run queued jobs until told to stop.
+    runtime: how to run it (`ServeConfig.runtime`: offload, quantize, dtype)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the server, which stops us in order
     files = DataDir(Path(root))
@@ -262,10 +265,19 @@ def worker_main(
 
         if threads:
             torch.set_num_threads(threads)
+        from tubelet.devices import resolve_dtype
         from tubelet.pipelines import load_pipeline
         from tubelet.pipelines.loading import default_model_dir
 
-        pipe = load_pipeline(model, device=device)
+        rt = runtime or {}
+        pipe = load_pipeline(
+            model,
+            device=device,
+            offload=rt.get("offload"),
+            dtype=resolve_dtype(rt.get("dtype", "auto"), device),
+        )
+        if rt.get("quantize"):
+            pipe.quantize(rt["quantize"])
         name = Path(model).name if model else default_model_dir().name
         store.set_meta("model", model_info(pipe, name))
     except BaseException as e:
