@@ -109,7 +109,7 @@ def test_save_load_offload_and_refusals(a14b, tmp_path):
         if mode == "model":  # each expert brought in when its steps come
             assert off._offload.events == ["text_encoder", "transformer", "transformer_2", "vae"]
         else:
-            assert len(off._block_offloads) == 2
+            assert len(off._block_offloads) == 3  # each expert's blocks and the umT5 encoder's
     with pytest.raises(Exception, match="LoRA on a two-expert model"):
         pipe.load_lora(tmp_path / "none.safetensors")
     with pytest.raises(Exception, match="no stages to cache"):

@@ -12,7 +12,9 @@ LoRA and the step cache keep working because blocks are still called as modules)
   block i+1 (`prefetch` blocks ahead, wrapping to block 0 for the next step), and a forward hook
   drops block i's device copy when it is done. The small rest of the denoiser (embeddings, head)
   stays on the device. Peak memory: 1 + `prefetch` blocks plus activations. The copies are of
-  weights that never change, so dropping a device copy needs no copy back.
+  weights that never change, so dropping a device copy needs no copy back. A transformers T5 /
+  UMT5 text encoder (Wan's umT5-XXL) streams its `encoder.block` the same way; its embeddings come
+  in as a component.
 
 Both are exact: the same tensors meet the same kernels (tests/test_offload.py compares outputs).
 On a CPU-only machine the moves are no-ops; the hooks still run (that is how the tests check the
@@ -21,7 +23,7 @@ schedule with `events`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -49,7 +51,7 @@ class BlockOffload:
     to it, in order (the tests read the schedule from it).
     """
 
-    def __init__(self, blocks: Sequence[nn.Module], device: torch.device | str, *, prefetch: int = 1) -> None:
+    def __init__(self, blocks: Iterable[nn.Module], device: torch.device | str, *, prefetch: int = 1) -> None:
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         self.blocks = list(blocks)
@@ -142,6 +144,28 @@ class BlockOffload:
         self._pending.clear()
 
 
+class TensorGroup:
+    """Some tensors of a module (e.g. all but its streamed blocks), moved together by `to`."""
+
+    def __init__(self, module: nn.Module, exclude: Iterable[nn.Module]) -> None:
+        skip = {id(t) for m in exclude for _, _, t in _tensors(m)}
+        self.tensors = [t for _, _, t in _tensors(module) if id(t) not in skip]
+
+    def to(self, device: torch.device | str) -> TensorGroup:
+        for t in self.tensors:
+            t.data = t.data.to(device)
+        return self
+
+
+def streamable_blocks(module: nn.Module) -> nn.ModuleList | None:
+    """The repeated blocks of a component that `BlockOffload` can stream: a DiT's `blocks`, a
+    transformers T5 / UMT5 encoder's `encoder.block` (inside tubelet's HFTextEncoder); None if none."""
+    inner = getattr(module, "model", module)
+    encoder = getattr(inner, "encoder", None)
+    blocks = getattr(encoder, "block", None) if encoder is not None else getattr(module, "blocks", None)
+    return blocks if isinstance(blocks, nn.ModuleList) and len(blocks) > 1 else None
+
+
 class ComponentOffload:
     """Whole-component offload: `use(name)` puts that component on `device` and the others on the CPU.
 
@@ -149,7 +173,7 @@ class ComponentOffload:
     sends the others back to the CPU.
     """
 
-    def __init__(self, components: dict[str, nn.Module | None], device: torch.device | str) -> None:
+    def __init__(self, components: dict[str, Any], device: torch.device | str) -> None:
         self.components = {k: m for k, m in components.items() if m is not None}
         self.device = torch.device(device)
         self.active: str | None = None

@@ -294,7 +294,14 @@ class TextToVideoPipeline:
         blocks copied ahead on a side CUDA stream), the text encoder and the VAE as in "model".
         Exact: outputs equal those without offload. Returns self.
         """
-        from tubelet.pipelines.offload import OFFLOAD_MODES, BlockOffload, ComponentOffload, _tensors
+        from tubelet.pipelines.offload import (
+            OFFLOAD_MODES,
+            BlockOffload,
+            ComponentOffload,
+            TensorGroup,
+            _tensors,
+            streamable_blocks,
+        )
 
         if mode not in OFFLOAD_MODES:
             raise TubeletError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {mode!r}")
@@ -313,8 +320,16 @@ class TextToVideoPipeline:
                 {"text_encoder": self.text_encoder, **dits, "vae": self.vae}, dev
             )
         else:
-            self._offload = ComponentOffload({"text_encoder": self.text_encoder, "vae": self.vae}, dev)
+            # the text encoder streams its blocks too when it has them (umT5-XXL: 24 of 5.7B
+            # parameters' 4.6B); its embeddings come in when it is used, like a component
+            text: Any = self.text_encoder
+            te_blocks = streamable_blocks(self.text_encoder)
+            if te_blocks is not None:
+                text = TensorGroup(self.text_encoder, te_blocks)
+            self._offload = ComponentOffload({"text_encoder": text, "vae": self.vae}, dev)
             self._block_offloads = [BlockOffload(d.blocks, dev, prefetch=prefetch) for d in self._dits()]
+            if te_blocks is not None:
+                self._block_offloads.append(BlockOffload(te_blocks, dev, prefetch=prefetch))
             self._block_offload = self._block_offloads[0]
             in_blocks = {id(t) for d in self._dits() for b in d.blocks for _, _, t in _tensors(b)}
             for _, _, t in _tensors(self.transformer):  # the rest (embeddings, head, box adapter)
