@@ -18,7 +18,8 @@ device peak with and without offload / quantization. ESTIMATED on a CPU-only mac
 
 Device peak: none = everything resident + the larger of DiT and VAE activations; model offload = the
 largest single stage (text encoder alone; DiT + its activations; VAE + its decode); block offload =
-text encoder alone, or 2 blocks + the non-block DiT weights + activations, or the VAE stage.
+the text encoder's embeddings + 2 of its blocks, or 2 DiT blocks + the non-block DiT weights +
+activations, or the tiled VAE stage.
 """
 
 from __future__ import annotations
@@ -119,7 +120,9 @@ def param_counts() -> dict[str, dict[str, int]]:
         # Wan2.1's text encoder: the umT5-XXL encoder (google/umt5-xxl sizes)
         te = UMT5EncoderModel(UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
                                          num_heads=64, feed_forward_proj="gated-gelu"))  # fmt: skip
-        out["umt5-xxl"] = {"total": sum(p.numel() for p in te.parameters())}
+        out["umt5-xxl"] = {"total": sum(p.numel() for p in te.parameters()),
+                            "block": sum(p.numel() for p in te.encoder.block[0].parameters()),
+                            "blocks": len(te.encoder.block)}  # fmt: skip
         out["vae"] = {"total": sum(p.numel() for p in CausalVideoVAE(VAE_PRESETS["wan2.1"]).parameters())}
     return out
 
@@ -146,6 +149,8 @@ def main() -> None:
     print(f"measured: DiT block activations {per_token / 1024:.1f} KiB per token (batch 2, bf16, 1.3B width); "
           f"VAE decode {vae_whole:.0f} B per output pixel; one 32-latent tile {vae_tile / 2**20:.0f} MiB")  # fmt: skip
     te = counts["umt5-xxl"]["total"] * 2
+    te_block = counts["umt5-xxl"]["block"] * 2
+    te_streamed = te - counts["umt5-xxl"]["blocks"] * te_block + 2 * te_block  # embeddings + 2 blocks
     vae_w = counts["vae"]["total"] * 4  # the VAE runs in float32
     sizes = {"480p": (480, 832, 32760), "720p": (720, 1280, 75600)}
     print("| model | size | text enc. | DiT weights bf16 / int8 | DiT activations | VAE decode (tiled) | peak: none | model offload | blocks offload | blocks + int8 |")  # fmt: skip
@@ -165,14 +170,13 @@ def main() -> None:
             vae_tiled = vae_tile + out_clip
             none = te + dit_bf16 + vae_w + max(act, vae_act)
             model = max(te, dit_bf16 + act, vae_w + vae_act)
-            blocks = max(te, rest + 2 * block_bf16 + act, vae_w + vae_tiled)
-            blocks_q = max(te, rest + 2 * block_int8 + act, vae_w + vae_tiled)
+            blocks = max(te_streamed, rest + 2 * block_bf16 + act, vae_w + vae_tiled)
+            blocks_q = max(te_streamed, rest + 2 * block_int8 + act, vae_w + vae_tiled)
             print(f"| {name} | {size} | {te / GB:.1f} | {dit_bf16 / GB:.1f} / {dit_int8 / GB:.1f} | {act / GB:.1f} | "
                   f"{vae_act / GB:.1f} ({vae_tiled / GB:.1f}) | {none / GB:.1f} | {model / GB:.1f} | {blocks / GB:.1f} | "
                   f"{blocks_q / GB:.1f} |")  # fmt: skip
-    print(
-        "GiB; estimated (see the module doc). The text encoder bounds the offload columns unless it runs on the CPU."
-    )
+    print(f"GiB; estimated (see the module doc). Under block offload the text encoder streams its blocks too: "
+          f"{te_streamed / GB:.1f} GiB while it encodes.")  # fmt: skip
 
 
 if __name__ == "__main__":
