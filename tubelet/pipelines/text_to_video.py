@@ -420,8 +420,9 @@ class TextToVideoPipeline:
 
         if self.quantized is not None:
             raise TubeletError(f"this pipeline is quantized already ({self.quantized['mode']})")
+        target = self.device  # where it will run (offload: the device, not the CPU that stores it)
         with self._offload_paused():
-            done = [quantize_blocks(d.blocks, mode, self.device) for d in self._dits()]
+            done = [quantize_blocks(d.blocks, mode, target) for d in self._dits()]
             self.quantized = {**done[0], "layers": sum(q["layers"] for q in done)}
         return self
 
