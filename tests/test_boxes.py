@@ -467,3 +467,23 @@ def test_write_dataset_with_free_motion_records_it(tmp_path: Path) -> None:
     assert meta["free_motion"] == 0.5
     scenes = [json.loads(x)["scene"] for x in (out / "scenes.jsonl").read_text().splitlines()]
     assert len(scenes) == 6
+
+
+@pytest.mark.parametrize("mode", ["joint", "text"])
+def test_box_guidance_modes(box_model: Path, mode: str) -> None:
+    """joint: the unconditional half of the guidance batch has every track absent (guidance pushes
+    towards text and boxes); text: both halves carry the boxes. Recorded in the metadata."""
+    import dataclasses
+
+    from tubelet.pipelines import load_pipeline
+
+    pipe = load_pipeline(box_model, device="cpu")
+    pipe.config = dataclasses.replace(pipe.config, box_guidance=mode)
+    seen = []
+    pipe.transformer.register_forward_pre_hook(lambda m, args: seen.append(args[2].boxes))
+    boxes = [{"object": 0, "keyframes": [[0, 0.1, 0.1, 0.4, 0.4], [15, 0.6, 0.6, 0.9, 0.9]]}]
+    r = pipe("a red circle moving right", seed=1, boxes=boxes, num_inference_steps=2, progress=False)
+    assert r.metadata["box_guidance"] == mode
+    present = seen[0].present  # (2B, N, F'): conditional rows, then unconditional
+    assert present[0].any()
+    assert (not present[1].any()) if mode == "joint" else bool((present[1] == present[0]).all())

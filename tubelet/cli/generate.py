@@ -118,6 +118,12 @@ def generate(
     box: list[str] = typer.Option(
         [], "--box", help='One box track inline, repeatable: "OBJECT[ soft]: FRAME:x0,y0,x1,y1 ..."'
     ),
+    box_guidance: Optional[str] = typer.Option(  # noqa: UP045
+        None,
+        "--box-guidance",
+        help="With boxes: joint (guidance pushes towards the text and the boxes: the default) or text "
+        "(both guidance branches follow the boxes).",
+    ),
     draw_boxes: bool = typer.Option(
         False, "--draw-boxes", help="Also write OUT.boxes.mp4: the clip with the box tracks drawn on it."
     ),
@@ -192,6 +198,8 @@ def generate(
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
     box_json = _read_boxes(boxes, box)
+    if box_guidance is not None and box_guidance not in ("joint", "text"):
+        raise TubeletError(f"--box-guidance must be joint or text, got {box_guidance!r}")
     if draw_boxes and box_json is None:
         raise TubeletError("--draw-boxes needs --boxes or --box")
     request = GenerationRequest(
@@ -268,6 +276,10 @@ def generate(
         pipe.quantize(quantize)
     if compile_:
         pipe.enable_compile()
+    if box_guidance is not None:
+        import dataclasses
+
+        pipe.config = dataclasses.replace(pipe.config, box_guidance=box_guidance)
     result = pipe.generate(
         request, progress=progress, on_note=lambda message: typer.echo(f"note: {message}", err=True)
     )

@@ -1410,7 +1410,11 @@ class TextToVideoPipeline:
                 "sampler": job.sampler,
                 "shift": shift,
                 "fps": cfg.fps,
-                **({"boxes": tracks_to_dict(job.boxes)} if job.boxes else {}),
+                **(
+                    {"boxes": tracks_to_dict(job.boxes), "box_guidance": cfg.box_guidance}
+                    if job.boxes
+                    else {}
+                ),
                 **({"loras": [dict(r) for r in self.loras]} if self.loras else {}),
                 **({"cache": self._cache_meta(job, i)} if job.cache is not None else {}),
                 **self.runtime_metadata(),
