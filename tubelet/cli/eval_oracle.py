@@ -48,6 +48,9 @@ def oracle(
         None, "--limit", min=1, help="With --suite: only the first N prompts (a quick check)."
     ),
     device: str = typer.Option("auto", "--device", help="With --suite: auto (cuda if available), cpu, cuda."),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="With --suite: the DiT's dtype (auto, float32, bfloat16, float16)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Score shapes-world prompt adherence with the exact oracle; print a table, write a JSON report.
@@ -82,7 +85,9 @@ def oracle(
         items = read_suite(suite)  # a broken suite fails before the model loads
         if limit is not None:
             items = items[:limit]
-        pipe = load_pipeline(model, device=device)
+        from tubelet.devices import resolve_dtype
+
+        pipe = load_pipeline(model, device=device, dtype=resolve_dtype(dtype, device))
         overrides = {"num_inference_steps": steps, "guidance_scale": guidance, "sampler": sampler}
         report = evaluate_model(
             pipe, items, batch_size=batch_size, videos_out=videos_out, progress=progress,
