@@ -62,6 +62,21 @@ def box_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return pipe.save_pretrained(tmp_path_factory.mktemp("box") / "model")
 
 
+def random_lora_file(model_dir: Path, path: Path, seed: int = 2) -> Path:
+    """A rank-4 LoRA with random (non-zero) weights for the DiT of `model_dir`, saved at `path`."""
+    import torch
+
+    from tubelet.models.lora import LoRAConfig, attach_lora, save_lora
+    from tubelet.pipelines import load_pipeline
+
+    src = load_pipeline(model_dir, device="cpu")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in attach_lora(src.transformer, LoRAConfig(rank=4)):
+            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return save_lora(src.transformer, path)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     import socket

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import one_thread_impl
+from conftest import one_thread_impl, random_lora_file
 
 from tubelet.pipelines import load_pipeline
 from tubelet.pipelines.offload import BlockOffload
@@ -73,15 +73,8 @@ def test_block_offload_schedule_prefetches_the_next_block_and_drops_each_after_u
 def test_block_offload_with_lora_and_step_cache_and_boxes(
     tiny_model_dir: Path, box_model: Path, tmp_path: Path
 ) -> None:
-    from tubelet.models.lora import LoRAConfig, attach_lora, save_lora
-
     # a LoRA loaded while offloaded is offloaded with its layer, and changes nothing numerically
-    src = load_pipeline(tiny_model_dir, device="cpu")
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in attach_lora(src.transformer, LoRAConfig(rank=4)):
-            p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    lora = save_lora(src.transformer, tmp_path / "lora.safetensors")
+    lora = random_lora_file(tiny_model_dir, tmp_path / "lora.safetensors")
     plain = load_pipeline(tiny_model_dir, device="cpu")
     plain.load_lora(lora)
     ref = _frames(plain, cache=0.2)

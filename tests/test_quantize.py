@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import one_thread_impl
+from conftest import one_thread_impl, random_lora_file
 
 from tubelet.pipelines import load_pipeline
 
@@ -50,14 +50,8 @@ def test_quantized_dit_is_close_to_float(tiny_model_dir: Path, mode: str) -> Non
 
 
 def test_lora_on_a_quantized_dit_and_fuse_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from tubelet.models.lora import LoRAConfig, attach_lora, save_lora
 
-    src = load_pipeline(tiny_model_dir, device="cpu")
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in attach_lora(src.transformer, LoRAConfig(rank=4)):
-            p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    lora = save_lora(src.transformer, tmp_path / "lora.safetensors")
+    lora = random_lora_file(tiny_model_dir, tmp_path / "lora.safetensors")
     pipe = load_pipeline(tiny_model_dir, device="cpu").quantize("int8")
     base = _latents(pipe)
     pipe.load_lora(lora)
