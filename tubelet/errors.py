@@ -47,3 +47,11 @@ class RecipeError(TubeletError):
 class TrainingError(TubeletError):
     """The run cannot go on (e.g. repeated NaN losses, a bucket that will not fit); the last good
     checkpoint is intact."""
+
+
+def check_choice(
+    name: str, value: object, allowed: tuple[str, ...], error: type[TubeletError] = TubeletError
+) -> None:
+    """Raise `error` "NAME must be one of A, B, got VALUE" unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise error(f"{name} must be one of {', '.join(allowed)}, got {value!r}")

@@ -143,7 +143,7 @@ def generate(
     """
     import torch
 
-    from tubelet.errors import TubeletError
+    from tubelet.errors import TubeletError, check_choice
 
     tasks = [
         name
@@ -183,8 +183,7 @@ def generate(
     if parallel is not None:
         from tubelet.train.sequence_parallel import PARALLEL_MODES
 
-        if parallel not in PARALLEL_MODES:
-            raise TubeletError(f"--parallel must be one of {', '.join(PARALLEL_MODES)}, got {parallel!r}")
+        check_choice("--parallel", parallel, PARALLEL_MODES)
         if world < 2:
             raise TubeletError(
                 "--parallel needs several processes: torchrun --nproc_per_node N -m tubelet generate ..."
@@ -231,13 +230,11 @@ def generate(
     if offload is not None:
         from tubelet.pipelines.offload import OFFLOAD_MODES
 
-        if offload not in OFFLOAD_MODES:
-            raise TubeletError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+        check_choice("--offload", offload, OFFLOAD_MODES)
     if quantize is not None:
         from tubelet.kernels.quant import QUANT_MODES, _torchao
 
-        if quantize not in QUANT_MODES:
-            raise TubeletError(f"--quantize must be one of {', '.join(QUANT_MODES)}, got {quantize!r}")
+        check_choice("--quantize", quantize, QUANT_MODES)
         _torchao()  # installed? (before the model loads)
     from tubelet.devices import resolve_dtype
 

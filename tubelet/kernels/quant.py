@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tubelet.errors import TubeletError
+from tubelet.errors import TubeletError, check_choice
 
 QUANT_MODES = ("int8", "fp8")
 
@@ -70,8 +70,7 @@ def fp8_matmul_available(device: torch.device) -> bool:
 def quantize_blocks(blocks: nn.Module, mode: str, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Quantize the linears of `blocks` (the DiT's ModuleList) in place for `mode` ("int8" | "fp8")
     on `device`. Returns what was done: {"mode", "method", "layers"}."""
-    if mode not in QUANT_MODES:
-        raise TubeletError(f"quantize must be one of {', '.join(QUANT_MODES)}, got {mode!r}")
+    check_choice("quantize", mode, QUANT_MODES)
     tq = _torchao()
     dev = torch.device(device)
     if mode == "int8":

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from tubelet.config import config_from_dict
-from tubelet.errors import ConfigError, ModelLoadError, TubeletError
+from tubelet.errors import ConfigError, ModelLoadError, check_choice
 from tubelet.models.hub import read_config_json
 
 if TYPE_CHECKING:
@@ -68,8 +68,8 @@ def load_pipeline(
     from tubelet.pipelines.offload import OFFLOAD_MODES
     from tubelet.pipelines.text_to_video import TextToVideoPipeline
 
-    if offload is not None and offload not in OFFLOAD_MODES:
-        raise TubeletError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+    if offload is not None:
+        check_choice("offload", offload, OFFLOAD_MODES)
     dev = resolve_device(device) if isinstance(device, str) else device
     if offload is None:
         pipe = TextToVideoPipeline.from_pretrained(resolve_model_dir(model), device=dev, dtype=dtype)

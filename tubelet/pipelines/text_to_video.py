@@ -53,7 +53,7 @@ from tubelet.boxes import tracks_to_dict
 from tubelet.config import config_from_dict, config_to_dict
 from tubelet.core.files import atomic_write_json
 from tubelet.diffusion.cond import Cond
-from tubelet.errors import ConfigError, TubeletError
+from tubelet.errors import ConfigError, TubeletError, check_choice
 from tubelet.media import unit_to_frames
 from tubelet.models.codec import LatentCodec
 from tubelet.pipelines.inputs import Notes, load_clip, load_image, to_pixels
@@ -303,8 +303,7 @@ class TextToVideoPipeline:
             streamable_blocks,
         )
 
-        if mode not in OFFLOAD_MODES:
-            raise TubeletError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {mode!r}")
+        check_choice("offload", mode, OFFLOAD_MODES)
         if mode == "blocks" and self.compiled:
             raise TubeletError("block offload does not combine with compile (use offload 'model')")
         self.disable_offload()

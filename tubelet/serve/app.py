@@ -38,7 +38,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tubelet.errors import ConfigError, TubeletError
+from tubelet.errors import ConfigError, TubeletError, check_choice
 from tubelet.serve.store import FINAL, Job, JobStore, is_job_id
 from tubelet.serve.worker import UPLOAD_FIELDS, DataDir, worker_main
 
@@ -88,9 +88,8 @@ class ServeConfig:
         from tubelet.pipelines.offload import OFFLOAD_MODES
 
         for key, allowed in (("offload", OFFLOAD_MODES), ("quantize", QUANT_MODES)):
-            value = self.runtime.get(key)
-            if value is not None and value not in allowed:
-                raise ConfigError(f"--{key} must be one of {', '.join(allowed)}, got {value!r}")
+            if self.runtime.get(key) is not None:
+                check_choice(f"--{key}", self.runtime[key], allowed, ConfigError)
         resolve_dtype(self.runtime.get("dtype", "auto"), "cpu")
         if self.runtime.get("quantize"):
             from tubelet.kernels.quant import _torchao

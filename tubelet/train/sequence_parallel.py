@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from tubelet.errors import TubeletError
+from tubelet.errors import TubeletError, check_choice
 from tubelet.models.layers import attention, register_attention_backend, set_attention_backend
 
 PARALLEL_MODES = ("sequence", "cfg")
@@ -153,6 +153,5 @@ class BatchParallel(nn.Module):
 
 def wrap_denoiser(model: Any, mode: str, group: Any = None) -> Any:
     """The denoiser `model` run over the processes of `group` in `mode` ("sequence" | "cfg")."""
-    if mode not in PARALLEL_MODES:
-        raise TubeletError(f"parallel must be one of {', '.join(PARALLEL_MODES)}, got {mode!r}")
+    check_choice("parallel", mode, PARALLEL_MODES)
     return SequenceParallel(model, group) if mode == "sequence" else BatchParallel(model, group)
